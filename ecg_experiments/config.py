@@ -1,0 +1,67 @@
+"""Config helpers: OmegaConf resolvers, project paths and cross-group validation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from ecg_experiments.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "conf"
+
+
+def project_root() -> str:
+    """The repository root: env `ECG_PROJECT_ROOT`, else the folder holding the package."""
+    return os.environ.get("ECG_PROJECT_ROOT", str(PROJECT_ROOT))
+
+
+def register_resolvers() -> None:
+    """Register the `${ecg.root:}` and `${len:...}` resolvers (idempotent)."""
+    if not OmegaConf.has_resolver("ecg.root"):
+        OmegaConf.register_new_resolver("ecg.root", project_root)
+    if not OmegaConf.has_resolver("len"):
+        OmegaConf.register_new_resolver("len", lambda seq: len(seq))
+
+
+def group_choice(group: str) -> str:
+    """The option chosen for a config group (e.g. `model=cnn1d` -> "cnn1d"), or the group name."""
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(group)
+        if choice:
+            return f"{group}={choice}"
+    return group
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Fail before any work starts when groups disagree or options are out of range."""
+    data_kind = getattr(get_class(cfg.data._target_), "input_kind", None)
+    model_kind = cfg.model.get("input_kind")
+    if data_kind is not None and model_kind is not None and data_kind != model_kind:
+        raise ConfigError(
+            f"{group_choice('model')} expects {model_kind} input but {group_choice('data')} "
+            f"provides {data_kind} input; choose a {model_kind} dataset or a {data_kind} model"
+        )
+    monitor = str(cfg.monitor.metric)
+    if not monitor.startswith("val/"):
+        raise ConfigError(
+            f"monitor.metric={monitor!r}: checkpoints, early stopping and sweeps may only "
+            "monitor validation metrics ('val/...'), never train or test ones"
+        )
+    if cfg.monitor.mode not in ("min", "max"):
+        raise ConfigError(f"monitor.mode={cfg.monitor.mode!r}: expected 'min' or 'max'")
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and not float(lr) > 0:
+        raise ConfigError(f"optimizer.lr={lr}: the learning rate must be > 0")
+    batch_size = cfg.data.get("batch_size")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ConfigError(f"data.batch_size={batch_size}: the batch size must be >= 1")
+
+
+def to_container(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python containers."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]

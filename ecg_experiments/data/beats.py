@@ -1,0 +1,269 @@
+"""Beat signals: Kaggle-format CSV I/O and the DataModules that serve beats as tensors.
+
+The public "ECG Heartbeat Categorization" CSVs (Kachuee et al. 2018) hold one beat per row:
+no header, 187 samples at 125 Hz scaled to [0, 1] and zero-padded, then the class label.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ecg_experiments.data.splits import split_table, stratified_split
+from ecg_experiments.errors import DataError
+from ecg_experiments.io import atomic_path, sha256_file
+
+log = logging.getLogger(__name__)
+
+KAGGLE_SIGNAL_LENGTH = 187
+DEFAULT_CLASS_NAMES = ("N", "S", "V", "F", "Q")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _first_line(path: Path) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.strip():
+                return line.strip()
+    return ""
+
+
+def _looks_like_index(column: pd.Series) -> bool:
+    values = pd.to_numeric(column, errors="coerce").to_numpy()
+    if np.isnan(values).any() or not np.all(values == np.round(values)):
+        return False
+    return bool(np.all(np.diff(values) > 0))
+
+
+def read_beats_csv(
+    path: str | os.PathLike,
+    signal_length: int = KAGGLE_SIGNAL_LENGTH,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a Kaggle-format beats CSV into (signals float32 [n, length], labels int64 [n]).
+
+    Accepts the public files as downloaded (no header, plain or e-notation decimals, float
+    labels) and also a header row and/or a leading index column, both detected from the
+    content. Raises DataError naming the file and line for any malformed content.
+    """
+    path = Path(path)
+    expected = signal_length + 1
+    if not path.is_file():
+        raise DataError(
+            f"{path}: no such file (expected a beats CSV with {expected} columns per row)"
+        )
+    first = _first_line(path)
+    if not first:
+        raise DataError(f"{path}: the file is empty (expected rows of {expected} columns)")
+    has_header = not all(_is_number(field) for field in first.split(","))
+    header_lines = 1 if has_header else 0
+    try:
+        frame = pd.read_csv(path, header=0 if has_header else None, low_memory=False)
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path}: malformed CSV ({err}); expected {expected} columns") from err
+    if frame.empty:
+        raise DataError(f"{path}: no data rows (expected rows of {expected} columns)")
+    ncols = frame.shape[1]
+    if ncols == expected + 1 and _looks_like_index(frame.iloc[:, 0]):
+        frame = frame.iloc[:, 1:]
+    elif ncols != expected:
+        raise DataError(
+            f"{path}, line {header_lines + 1}: {ncols} columns, expected {expected} "
+            f"({signal_length} signal samples, then the class label)"
+        )
+    values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.isnan(values) | ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raw = frame.iat[row, col]
+        what = "a missing value (short row?)" if pd.isna(raw) else f"{raw!r}"
+        raise DataError(
+            f"{path}, line {header_lines + row + 1}, column {col + 1}: {what}; "
+            "expected a finite number"
+        )
+    labels = values[:, -1]
+    not_integer = labels != np.round(labels)
+    if not_integer.any():
+        row = int(np.argmax(not_integer))
+        raise DataError(
+            f"{path}, line {header_lines + row + 1}: label {float(labels[row])} is not an integer "
+            f"class index (expected 0..{len(class_names) - 1})"
+        )
+    out_of_range = (labels < 0) | (labels >= len(class_names))
+    if out_of_range.any():
+        row = int(np.argmax(out_of_range))
+        raise DataError(
+            f"{path}, line {header_lines + row + 1}: label {int(labels[row])} is outside the "
+            f"classes 0..{len(class_names) - 1} ({', '.join(class_names)})"
+        )
+    return values[:, :-1].astype(np.float32), labels.astype(np.int64)
+
+
+def write_beats_csv(path: str | os.PathLike, signals: np.ndarray, labels: np.ndarray) -> None:
+    """Write beats in the public Kaggle format (no header, samples then label), atomically."""
+    columns = {str(i): pa.array(signals[:, i].astype(np.float32)) for i in range(signals.shape[1])}
+    columns["label"] = pa.array(labels.astype(np.float32))
+    table = pa.table(columns)
+    with atomic_path(path) as tmp:
+        pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(include_header=False))
+
+
+class BeatsDataModuleBase(pl.LightningDataModule):
+    """Serves beat signals of shape [batch, 1, length] with integer labels.
+
+    Subclasses load the arrays and assign them to splits in `load_splits`; this base turns
+    them into tensors once, serves the loaders and describes the split for tracking.
+    """
+
+    input_kind = "signal"
+
+    def __init__(
+        self,
+        class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.class_names = list(class_names)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.datasets: dict[str, TensorDataset] = {}
+        self.split_frame: pd.DataFrame | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def load_splits(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], pd.DataFrame]:
+        """Return {split: (signals [n, length], labels [n])} and a table of the assignment."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict[str, str]:
+        """Identifiers of the input data (e.g. file hashes) for tracking."""
+        return {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        arrays, self.split_frame = self.load_splits()
+        for name, (signals, labels) in arrays.items():
+            x = torch.from_numpy(np.ascontiguousarray(signals, dtype=np.float32))
+            if x.ndim == 2:
+                x = x.unsqueeze(1)
+            self.datasets[name] = TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
+        counts = {name: len(ds) for name, ds in self.datasets.items()}
+        log.info("beats per split: %s", counts)
+
+    def labels(self, split: str) -> np.ndarray:
+        """Integer labels of one split (after setup)."""
+        return self.datasets[split].tensors[1].numpy()
+
+    def class_counts(self, split: str) -> np.ndarray:
+        return np.bincount(self.labels(split), minlength=self.num_classes)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class BeatsDataModule(BeatsDataModuleBase):
+    """Beats from Kaggle-format CSV files (`data=beats_csv`).
+
+    With a `test_file`, validation is carved from `train_file` (stratified, `val_fraction`);
+    without one, `train_file` is split train/val/test stratified (70/15/15 by default).
+    """
+
+    def __init__(
+        self,
+        train_file: str,
+        test_file: str | None = None,
+        class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+        signal_length: int = KAGGLE_SIGNAL_LENGTH,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed)
+        self.train_file = Path(train_file)
+        self.test_file = Path(test_file) if test_file else None
+        self.signal_length = int(signal_length)
+        self.val_fraction = float(val_fraction)
+        self.test_fraction = float(test_fraction)
+
+    def _read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        return read_beats_csv(path, self.signal_length, self.class_names)
+
+    def load_splits(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], pd.DataFrame]:
+        signals, labels = self._read(self.train_file)
+        source = str(self.train_file)
+        if self.test_file is not None:
+            fractions = {"train": 1.0 - self.val_fraction, "val": self.val_fraction}
+        else:
+            fractions = {
+                "train": 1.0 - self.val_fraction - self.test_fraction,
+                "val": self.val_fraction,
+                "test": self.test_fraction,
+            }
+        parts = stratified_split(labels, fractions, self.seed, self.class_names, source)
+        arrays = {name: (signals[index], labels[index]) for name, index in parts.items()}
+        table = split_table(parts, label=labels).assign(file=source)
+        if self.test_file is not None:
+            test_signals, test_labels = self._read(self.test_file)
+            arrays["test"] = (test_signals, test_labels)
+            test_table = pd.DataFrame(
+                {
+                    "index": np.arange(len(test_labels)),
+                    "split": "test",
+                    "label": test_labels,
+                    "file": str(self.test_file),
+                }
+            )
+            table = pd.concat([table, test_table], ignore_index=True)
+        return arrays, table
+
+    def fingerprint(self) -> dict[str, str]:
+        files = {"train_file": self.train_file, "test_file": self.test_file}
+        return {
+            f"{name}.sha256": sha256_file(path)
+            for name, path in files.items()
+            if path is not None and path.is_file()
+        }

@@ -1,0 +1,1 @@
+"""Backbones, freezing policies and the Lightning classifier."""

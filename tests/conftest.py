@@ -1,0 +1,63 @@
+"""Shared fixtures: where the shared real data lives, and composing run configs in a temp dir."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict, read_write
+
+from ecg_experiments.config import CONFIG_DIR, PROJECT_ROOT
+
+SHARED_DATA = Path(os.environ.get("ECG_SHARED_DATA", PROJECT_ROOT / ".." / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under the shared data folder; skip the test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(
+            f"shared data not found at {path}: set ECG_SHARED_DATA to the folder holding "
+            "mitdb/, kachuee_samples/ and nstdb/"
+        )
+    return path
+
+
+@pytest.fixture
+def kachuee_mitbih_csv() -> Path:
+    return shared_path("kachuee_samples", "mitbih_train_sample.csv")
+
+
+@pytest.fixture
+def compose_train(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., DictConfig]]:
+    """Compose conf/train.yaml with overrides, all outputs and tracking under tmp_path."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def _compose(overrides: list[str] = (), config_name: str = "train") -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(
+                config_name=config_name,
+                overrides=[
+                    f"paths.outputs_dir={tmp_path / 'outputs'}",
+                    f"hydra.run.dir={tmp_path / 'run'}",
+                    *overrides,
+                ],
+                return_hydra_config=True,
+            )
+        with read_write(cfg), open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        HydraConfig.instance().set_config(cfg)
+        with read_write(cfg), open_dict(cfg):
+            del cfg["hydra"]  # as in a real run: the task sees no `hydra` node
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()

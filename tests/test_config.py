@@ -1,0 +1,71 @@
+"""Config composition and the checks that run before any work starts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ecg_experiments.config import validate_train_config
+from ecg_experiments.errors import ConfigError
+from ecg_experiments.train import train
+
+CSV = ["data=beats_csv", "data.train_file=unused.csv"]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgdm"])
+@pytest.mark.parametrize("scheduler", ["none", "cosine", "plateau"])
+def test_optimizer_and_scheduler_options_compose(compose_train, optimizer, scheduler) -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose_train([*CSV, f"optimizer={optimizer}", f"scheduler={scheduler}"])
+    validate_train_config(cfg)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    opt = instantiate(cfg.optimizer)(params)
+    assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
+    if scheduler == "none":
+        assert cfg.scheduler is None
+    else:
+        assert instantiate(cfg.scheduler)(opt) is not None
+    if optimizer == "sgdm":
+        assert opt.param_groups[0]["momentum"] == 0.9
+
+
+def test_logger_none_and_trainer_options(compose_train) -> None:
+    assert compose_train([*CSV, "logger=none"]).logger is None
+    assert compose_train([*CSV, "trainer=cpu"]).trainer.accelerator == "cpu"
+    assert compose_train([*CSV]).logger.tracking_uri.startswith("sqlite:///")
+
+
+def test_num_classes_flows_from_data_to_model(compose_train) -> None:
+    cfg = compose_train([*CSV, "data.class_names=[normal,abnormal]"])
+    assert cfg.model.net.num_classes == 2
+
+
+def test_kind_mismatch_names_both_options(compose_train) -> None:
+    cfg = compose_train([*CSV, "model.input_kind=image"])
+    with pytest.raises(ConfigError, match=r"model=cnn1d expects image input but data=beats_csv"):
+        validate_train_config(cfg)
+
+
+def test_monitoring_a_test_metric_is_refused(compose_train) -> None:
+    cfg = compose_train([*CSV, "monitor.metric=test/f1_macro"])
+    with pytest.raises(ConfigError, match="validation metrics"):
+        validate_train_config(cfg)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optimizer.lr=0", "optimizer.lr=0"),
+    ("optimizer.lr=-0.1", "must be > 0"),
+    ("data.batch_size=0", "data.batch_size=0"),
+    ("monitor.mode=maximum", "monitor.mode"),
+])
+def test_out_of_range_options(compose_train, override, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_train_config(compose_train([*CSV, override]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_trainer_gpu_without_gpu_fails_clearly(compose_train) -> None:
+    cfg = compose_train([*CSV, "trainer=gpu"])
+    with pytest.raises(ConfigError, match=r"trainer=gpu .*needs a CUDA GPU"):
+        train(cfg)

@@ -1,0 +1,27 @@
+"""The 1D CNN of Kachuee et al."""
+
+from __future__ import annotations
+
+import torch
+
+from ecg_experiments.models.cnn1d import KachueeCNN1d
+
+
+def test_shapes_and_architecture() -> None:
+    net = KachueeCNN1d(num_classes=5)
+    x = torch.randn(8, 1, 187, requires_grad=True)
+    logits = net(x)
+    assert logits.shape == (8, 5)
+    logits.sum().backward()
+    assert x.grad is not None and net.stem.weight.grad is not None
+    assert net.stem.out_channels == 32 and net.stem.kernel_size == (5,)
+    assert len(net.blocks) == 5
+    # 187 samples after five max-pools (5, stride 2) leave 2 positions x 32 channels
+    assert net.head[1].in_features == 64
+    dense = [m for m in net.head if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in dense] == [32, 32, 5]
+
+
+def test_other_lengths_and_class_counts() -> None:
+    net = KachueeCNN1d(num_classes=2, input_length=260)
+    assert net(torch.randn(3, 1, 260)).shape == (3, 2)

@@ -1,0 +1,100 @@
+"""Real training of cnn1d on real public beat rows, tracked in a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from ecg_experiments.config import PROJECT_ROOT
+from ecg_experiments.train import train
+
+
+def _runs(tracking_uri: str):
+    client = mlflow.MlflowClient(tracking_uri)
+    experiments = client.search_experiments()
+    return client, client.search_runs([e.experiment_id for e in experiments])
+
+
+def test_training_lowers_val_loss_and_mlflow_holds_the_returned_metrics(
+    compose_train, kachuee_mitbih_csv: Path, tmp_path: Path
+) -> None:
+    cfg = compose_train([
+        "data=beats_csv", f"data.train_file={kachuee_mitbih_csv}", "data.batch_size=32",
+        "trainer.max_epochs=6", "trainer=cpu", "callbacks.early_stopping.patience=10",
+    ])
+    metrics = train(cfg)
+
+    client, runs = _runs(cfg.logger.tracking_uri)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    history = [m.value for m in client.get_metric_history(run.info.run_id, "val/loss")]
+    assert len(history) == 6
+    assert history[-1] < history[0] - 0.1, history
+    # what train() returns is exactly what MLflow stores
+    test_metrics = {k: v for k, v in metrics.items() if k.startswith("test/")}
+    assert len(test_metrics) == 26  # loss, 5 averages, 4 per-class metrics x 5 classes
+    for key, value in test_metrics.items():
+        assert run.data.metrics[key] == value, key
+    assert metrics["test/acc"] > 0.4  # 5 balanced classes: chance is 0.2
+    assert run.data.params["model.net._target_"] == "ecg_experiments.models.cnn1d.KachueeCNN1d"
+    assert run.data.params["optimizer.lr"] == "0.001"
+    assert run.data.tags["choice.model"] == "cnn1d"
+    assert len(run.data.tags["data.train_file.sha256"]) == 64
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "split.csv"} <= artifacts
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["data"]["train_file"] == str(kachuee_mitbih_csv)
+    # the monitored validation value is the best one seen
+    best = max(m.value for m in client.get_metric_history(run.info.run_id, "val/f1_macro"))
+    assert metrics["val/f1_macro"] == pytest.approx(best)
+
+
+def test_sgdm_plateau_without_tracking(compose_train, kachuee_mitbih_csv: Path, tmp_path) -> None:
+    cfg = compose_train([
+        "data=beats_csv", f"data.train_file={kachuee_mitbih_csv}", "optimizer=sgdm",
+        "scheduler=plateau", "logger=none", "trainer.max_epochs=2", "loss.class_weights=balanced",
+        "loss.label_smoothing=0.1",
+    ])
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert not (tmp_path / "mlflow.db").exists()
+    assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+
+
+def test_cli_records_one_finished_run(kachuee_mitbih_csv: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "ecg_experiments.train", "data=beats_csv",
+            f"data.train_file={kachuee_mitbih_csv}", "trainer.max_epochs=3",
+            f"paths.outputs_dir={tmp_path}", f"logger.tracking_uri={uri}",
+        ],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Test metrics per class" in result.stdout
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["ecg-experiments"])
+    assert len(runs) == 1 and runs.loc[0, "status"] == "FINISHED"
+    assert "metrics.test/f1_macro" in runs.columns
+    assert list((tmp_path / "runs").glob("*/*/checkpoints/last.ckpt"))
+
+
+def test_cli_user_error_is_one_clear_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ecg_experiments.train", "data=beats_csv",
+         f"data.train_file={tmp_path / 'missing.csv'}", f"paths.outputs_dir={tmp_path}",
+         "logger=none"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert f"error: {tmp_path / 'missing.csv'}: no such file" in result.stderr
+    assert "Traceback" not in result.stderr
