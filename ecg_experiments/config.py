@@ -21,9 +21,13 @@ def project_root() -> str:
 
 
 def register_resolvers() -> None:
-    """Register the `${ecg.root:}` and `${len:...}` resolvers (idempotent)."""
+    """Register `${ecg.root:}`, `${ecg.window_length:b,a,rate}` and `${len:...}` (idempotent)."""
     if not OmegaConf.has_resolver("ecg.root"):
         OmegaConf.register_new_resolver("ecg.root", project_root)
+    if not OmegaConf.has_resolver("ecg.window_length"):
+        from ecg_experiments.data.segment import window_length
+
+        OmegaConf.register_new_resolver("ecg.window_length", window_length)
     if not OmegaConf.has_resolver("len"):
         OmegaConf.register_new_resolver("len", lambda seq: len(seq))
 

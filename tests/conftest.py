@@ -61,3 +61,19 @@ def compose_train(
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def mitdb_dir() -> Path:
+    return shared_path("mitdb")
+
+
+@pytest.fixture(scope="session")
+def kachuee_prepared(mitdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The kachuee recipe run once on all 48 shared records (about 4 s)."""
+    from ecg_experiments.data.mitbih import prepare_mitbih
+    from ecg_experiments.data.segment import KachueeRecipe
+
+    root = tmp_path_factory.mktemp("prepared")
+    return prepare_mitbih(mitdb_dir, root, KachueeRecipe(), missing_lead="first", download=False,
+                          progress=False)

@@ -98,3 +98,25 @@ def test_cli_user_error_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"error: {tmp_path / 'missing.csv'}: no such file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_training_from_raw_mitbih_records_logs_recipe_and_split(
+    compose_train, mitdb_dir: Path, tmp_path: Path
+) -> None:
+    cfg = compose_train([
+        f"paths.mitdb_dir={mitdb_dir}", "data.records=[100,105,119,208,217]",
+        "data.download=false", "trainer.max_epochs=1", "trainer.limit_train_batches=20",
+    ])
+    assert cfg.data._target_.endswith("MitbihDataModule")  # the default dataset
+    metrics = train(cfg)
+    assert metrics["test/acc"] > 0.5
+    client, runs = _runs(cfg.logger.tracking_uri)
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["data.split"] == "random"
+    assert run.data.params["data.recipe._target_"] == "ecg_experiments.data.segment.KachueeRecipe"
+    assert run.data.tags["data.recipe"] == "kachuee" and run.data.tags["data.split"] == "random"
+    split = (tmp_path / "run" / "split.csv").read_text().splitlines()
+    assert split[0] == "index,split,record,sample,label"
+    prepared = list((tmp_path / "outputs" / "data").glob("mitbih-kachuee-*/splits/*/split.csv"))
+    assert len(prepared) == 1

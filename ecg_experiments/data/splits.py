@@ -74,3 +74,38 @@ def split_table(parts: dict[str, np.ndarray], **columns: np.ndarray) -> pd.DataF
             frame[column] = np.asarray(values)[index]
         frames.append(frame)
     return pd.concat(frames, ignore_index=True).sort_values("index", ignore_index=True)
+
+
+def grouped_split(
+    groups: np.ndarray, fractions: dict[str, float], seed: int, source: str = "data"
+) -> dict[str, np.ndarray]:
+    """Split row indices so that no group (record, patient) is in two parts.
+
+    Whole groups are shuffled with the seed and dealt to the parts in order until each
+    holds its share of the groups (at least one group for a part with a share > 0).
+    """
+    total = sum(fractions.values())
+    if not np.isclose(total, 1.0) or any(f < 0 for f in fractions.values()):
+        raise DataError(f"{source}: split fractions {fractions} must be >= 0 and sum to 1")
+    unique = np.unique(groups)
+    wanted = [name for name, share in fractions.items() if share > 0]
+    if len(unique) < len(wanted):
+        raise DataError(
+            f"{source}: {len(unique)} record(s) cannot fill {len(wanted)} record-disjoint "
+            f"splits ({', '.join(wanted)})"
+        )
+    shuffled = np.random.default_rng(seed).permutation(unique)
+    names = list(fractions)
+    counts = {name: int(round(fractions[name] * len(unique))) for name in names}
+    for name in names[1:]:
+        if fractions[name] > 0:
+            counts[name] = max(counts[name], 1)
+    counts[names[0]] = len(unique) - sum(counts[name] for name in names[1:])
+    if counts[names[0]] < 1:
+        raise DataError(f"{source}: no record left for {names[0]!r} with fractions {fractions}")
+    parts, start = {}, 0
+    for name in names:
+        chosen = shuffled[start : start + counts[name]]
+        start += counts[name]
+        parts[name] = np.flatnonzero(np.isin(groups, chosen))
+    return parts

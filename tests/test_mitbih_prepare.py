@@ -1,0 +1,181 @@
+"""Preparing the real MIT-BIH records: counts, beat shape, agreement with the public rows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecg_experiments.data.beats import read_beats_csv
+from ecg_experiments.data.mitbih import BeatTable, MitbihDataModule, prepare_mitbih
+from ecg_experiments.data.physionet import DS1, DS2, PACED, read_record
+from ecg_experiments.data.segment import RR_FEATURES, CenteredRecipe, KachueeRecipe
+
+# the public Kaggle files (mitbih_train.csv + mitbih_test.csv) per AAMI class
+KAGGLE_TOTALS = {"N": 90_589, "S": 2_779, "V": 7_236, "F": 803, "Q": 8_039}
+
+
+def _class_means(signals: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.stack([signals[labels == c].mean(axis=0) for c in range(5)])
+
+
+def _agreement(ours: np.ndarray, public: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    corr = np.array([np.corrcoef(a, b)[0, 1] for a, b in zip(ours, public, strict=True)])
+    return corr, np.abs(ours - public).mean(axis=1)
+
+
+def _within_tolerance(corr: np.ndarray, mean_abs: np.ndarray) -> bool:
+    return bool((corr >= 0.95).all() and (mean_abs <= 0.07).all())
+
+
+def test_kachuee_counts_match_the_public_totals(kachuee_prepared: Path) -> None:
+    table = BeatTable.load(kachuee_prepared / "beats.npz")
+    counts = dict(zip("NSVFQ", np.bincount(table.beats.labels, minlength=5).tolist(),
+                      strict=True))
+    for name, expected in KAGGLE_TOTALS.items():
+        assert abs(counts[name] - expected) <= 0.02 * expected, (name, counts[name], expected)
+    assert sum(counts.values()) == pytest.approx(109_446, rel=0.02)
+    assert len(np.unique(table.records)) == 48
+
+
+def test_kachuee_beats_are_unit_range_187_long_zero_padded(kachuee_prepared: Path) -> None:
+    signals = BeatTable.load(kachuee_prepared / "beats.npz").beats.signals
+    assert signals.shape[1] == 187 and signals.dtype == np.float32
+    assert signals.min() == 0.0 and signals.max() == 1.0
+    assert (signals.max(axis=1) == 1.0).mean() > 0.99  # normalised per beat, as the public rows
+    nonzero = signals != 0
+    end = signals.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)  # after the last nonzero sample
+    inside = np.arange(signals.shape[1])[None, :] < end[:, None]
+    zeros_inside = ((signals == 0) & inside).sum(axis=1)
+    assert zeros_inside.max() <= 1  # only the minimum itself is 0 before the padding
+    assert np.median(signals.shape[1] - end) > 40  # most beats are padded
+
+
+def test_class_mean_beats_agree_with_the_public_rows(
+    kachuee_prepared: Path, kachuee_mitbih_csv: Path, mitdb_dir: Path
+) -> None:
+    public_x, public_y = read_beats_csv(kachuee_mitbih_csv)
+    public = _class_means(public_x, public_y)
+    table = BeatTable.load(kachuee_prepared / "beats.npz")
+    corr, mean_abs = _agreement(_class_means(table.beats.signals, table.beats.labels), public)
+    assert _within_tolerance(corr, mean_abs), (corr, mean_abs)
+
+    # the tolerance is tight enough to catch a wrong sampling rate or missing normalisation
+    records = [read_record(mitdb_dir, r, missing_lead="first") for r in ("208", "213", "119",
+                                                                         "207", "232", "217")]
+    for recipe, scale in ((KachueeRecipe(rate=360.0), 1.0), (KachueeRecipe(), None)):
+        beats = [recipe.extract(record) for record in records]
+        signals = np.concatenate([b.signals for b in beats])
+        labels = np.concatenate([b.labels for b in beats])
+        if scale is None:  # undo the normalisation: raw millivolts
+            signals = signals * 2.0 - 0.5
+        corr, mean_abs = _agreement(_class_means(signals, labels), public)
+        assert not _within_tolerance(corr, mean_abs), recipe
+
+
+def test_second_run_does_no_work(kachuee_prepared: Path, mitdb_dir: Path, caplog) -> None:
+    before = (kachuee_prepared / "beats.npz").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO):
+        again = prepare_mitbih(mitdb_dir, kachuee_prepared.parent, KachueeRecipe(),
+                               missing_lead="first", download=False, progress=False)
+    assert again == kachuee_prepared
+    assert (kachuee_prepared / "beats.npz").stat().st_mtime_ns == before
+    assert "nothing to do" in caplog.text
+    manifest = json.loads((kachuee_prepared / "manifest.json").read_text())
+    assert manifest["recipe"]["name"] == "kachuee" and len(manifest["inputs"]) == 48 * 3
+
+
+def test_changed_manifest_prepares_again(mitdb_dir: Path, tmp_path: Path) -> None:
+    args = (mitdb_dir, tmp_path, KachueeRecipe())
+    kwargs = {"records": ["100", "101"], "download": False, "progress": False}
+    path = prepare_mitbih(*args, **kwargs)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["inputs"]["100.dat"] = "0" * 64  # as if the raw data had changed
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert prepare_mitbih(*args, **kwargs) == path
+    assert json.loads((path / "manifest.json").read_text())["inputs"]["100.dat"] != "0" * 64
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp folder left
+
+
+def _datamodule(prepared: Path, split: str, **kwargs) -> MitbihDataModule:
+    dm = MitbihDataModule(
+        mitdb_dir="unused", prepared_dir=str(prepared.parent), recipe=KachueeRecipe(),
+        split=split, missing_lead="first", download=False, seed=7, **kwargs,
+    )
+    dm.prepared_path = prepared
+    dm.setup("fit")
+    return dm
+
+
+def _records_of(dm: MitbihDataModule) -> dict[str, set[str]]:
+    frame = dm.split_frame
+    return {name: set(frame.loc[frame["split"] == name, "record"]) for name in ("train", "val",
+                                                                                 "test")}
+
+
+def test_interpatient_split(kachuee_prepared: Path) -> None:
+    # the paced records are excluded from an interpatient preparation; here the table has
+    # all 48, so the split itself must leave them out
+    dm = _datamodule(kachuee_prepared, "interpatient")
+    records = _records_of(dm)
+    assert records["train"] <= set(DS1) and records["val"] <= set(DS1)
+    assert records["test"] == set(DS2)
+    assert not records["train"] & records["val"]
+    assert len(records["val"]) >= 1 and not (set().union(*records.values()) & set(PACED))
+    assert set(dm.records).isdisjoint(PACED)
+
+
+def test_records_split_keeps_records_apart(kachuee_prepared: Path) -> None:
+    dm = _datamodule(kachuee_prepared, "records")
+    records = _records_of(dm)
+    assert not (records["train"] & records["val"] or records["train"] & records["test"]
+                or records["val"] & records["test"])
+    assert sum(len(r) for r in records.values()) == 48
+    assert len(records["test"]) == round(0.2 * 48)
+
+
+def test_random_split_is_kaggle_like_and_saved(kachuee_prepared: Path) -> None:
+    dm = _datamodule(kachuee_prepared, "random")
+    sizes = {name: len(ds) for name, ds in dm.datasets.items()}
+    assert sizes["test"] == pytest.approx(21_892, abs=5)
+    assert sizes["train"] + sizes["val"] == pytest.approx(87_554, abs=5)
+    folder = dm._split_dir()
+    x, y = read_beats_csv(folder / "mitbih_test.csv")
+    assert len(y) == sizes["test"] and x.shape[1] == 187
+    np.testing.assert_array_equal(np.bincount(y, minlength=5), dm.class_counts("test"))
+    assert os.path.getsize(folder / "mitbih_train.csv") > 4 * os.path.getsize(
+        folder / "mitbih_test.csv")
+    again = _datamodule(kachuee_prepared, "random")
+    np.testing.assert_array_equal(again.labels("val"), dm.labels("val"))
+
+
+def test_centered_recipe(mitdb_dir: Path) -> None:
+    recipe = CenteredRecipe()
+    record = read_record(mitdb_dir, "208")
+    beats = recipe.extract(record)
+    assert recipe.length == 90 + 162
+    assert beats.signals.shape == (len(beats.labels), 252)
+    assert len(beats.labels) >= len(record.beat_samples) - 2
+    np.testing.assert_allclose(beats.signals.mean(axis=1), 0, atol=1e-4)
+    np.testing.assert_allclose(beats.signals.std(axis=1), 1, atol=1e-3)
+    assert beats.features.shape == (len(beats.labels), len(RR_FEATURES))
+    # a premature ventricular beat comes early: its pre-R-R ratio is below 1 on average
+    pre_ratio = beats.features[:, 2]
+    assert pre_ratio[beats.labels == 2].mean() < 0.9 < pre_ratio[beats.labels == 0].mean()
+
+
+def test_detector_option_labels_detected_peaks(mitdb_dir: Path) -> None:
+    record = read_record(mitdb_dir, "208")
+    annotated = len(record.beat_samples)
+    loose = KachueeRecipe(rpeaks="detector", detector_threshold=0.5).extract(record)
+    paper = KachueeRecipe(rpeaks="detector").extract(record)  # the paper's threshold, 0.9
+    assert 0.95 * annotated < len(loose.labels) <= annotated
+    assert len(paper.labels) < 0.5 * len(loose.labels)
+    # every detected peak carries the class of the annotation it was matched to
+    index = np.searchsorted(record.beat_samples, loose.samples)
+    np.testing.assert_array_equal(record.beat_samples[index], loose.samples)
+    np.testing.assert_array_equal(record.beat_symbols[index], loose.symbols)
