@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 
@@ -80,6 +83,17 @@ def flatten_config(cfg: DictConfig | Mapping, prefix: str = "") -> dict[str, str
     return flat
 
 
+def choice_tags() -> dict[str, str]:
+    """The config group choices of this run (e.g. choice.model=cnn1d) as tags."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {f"choice.{k}": str(v) for k, v in choices.items()
+            if v is not None and not k.startswith("hydra")}
+
+
 def log_run_metadata(
     logger: MLFlowLogger,
     cfg: DictConfig,
@@ -93,3 +107,68 @@ def log_run_metadata(
     for key, value in all_tags.items():
         client.set_tag(run_id, key, str(value))
     client.log_artifact(run_id, str(config_file))
+
+
+@contextlib.contextmanager
+def active_run(tracking_uri: str, run_id: str) -> Iterator[None]:
+    """Make `run_id` the fluent API's active run (for mlflow.<flavor>.log_model) and restore
+    the previous tracking URI afterwards. The run keeps its final status."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+            yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def log_model(
+    logger: MLFlowLogger,
+    net: torch.nn.Module,
+    example: torch.Tensor,
+    class_names: list[str],
+    preprocessing: Mapping[str, Any],
+    checkpoint: str | Path | None,
+) -> str:
+    """Log `net` as an MLflow pytorch model and the Lightning checkpoint; return the model URI.
+
+    The model carries a signature, an input example, the class names and the preprocessing
+    settings (metadata), and the package code, so `mlflow.pytorch.load_model` works without
+    this repository. Tags say how to reload both.
+    """
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    import ecg_experiments
+
+    net = net.eval().cpu()
+    with torch.no_grad():
+        output = net(example)
+    signature = infer_signature(example.numpy(), output.numpy())
+    run_id = logger.run_id
+    with active_run(logger._tracking_uri, run_id):
+        info = mlflow.pytorch.log_model(
+            net,
+            name="model",
+            signature=signature,
+            input_example=example.numpy(),
+            metadata={"class_names": list(class_names), "preprocessing": dict(preprocessing),
+                      "output": "logits; softmax gives class probabilities"},
+            code_paths=[str(Path(ecg_experiments.__file__).parent)],
+            pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy"],
+        )
+        tags = {"model.uri": info.model_uri, "model.class_names": ",".join(class_names),
+                "model.reload": f"mlflow.pytorch.load_model('{info.model_uri}')"}
+        if checkpoint is not None:
+            mlflow.log_artifact(str(checkpoint), "checkpoints")
+            tags["model.checkpoint"] = f"checkpoints/{Path(checkpoint).name}"
+            tags["model.reload_checkpoint"] = (
+                f"python -m ecg_experiments.evaluate run_id={run_id} (or ckpt=<downloaded file>)"
+            )
+        mlflow.set_tags(tags)
+    return info.model_uri
+
+
+def log_files(logger: MLFlowLogger, files: Mapping[str, Path], artifact_path: str) -> None:
+    for path in files.values():
+        logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)

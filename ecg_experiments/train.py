@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import hydra
 import numpy as np
@@ -13,16 +12,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from rich.console import Console
-from rich.table import Table
 
 from ecg_experiments.cli import exit_on_user_error
 from ecg_experiments.config import group_choice, to_container, validate_train_config
 from ecg_experiments.data.beats import BeatsDataModuleBase
 from ecg_experiments.errors import ConfigError
-from ecg_experiments.evaluation.metrics import per_class_table
+from ecg_experiments.evaluation.report import report_test_results
+from ecg_experiments.explore import explore_data
 from ecg_experiments.models.classifier import ClassifierModule
-from ecg_experiments.tracking import log_run_metadata
+from ecg_experiments.tracking import choice_tags, log_files, log_model, log_run_metadata
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +65,6 @@ def _write_run_files(cfg: DictConfig, datamodule: BeatsDataModuleBase, run_dir: 
     return files
 
 
-def print_test_table(metrics: dict[str, float], class_names: list[str], support: Any) -> None:
-    """Print the per-class test metrics and the macro/micro summary."""
-    table = per_class_table(metrics, class_names, "test", support)
-    view = Table(title="Test metrics per class (best checkpoint)")
-    for column in table.columns:
-        view.add_column(column, justify="left" if column == "class" else "right")
-    for row in table.itertuples(index=False):
-        view.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
-    summary = ", ".join(
-        f"{name}={metrics[f'test/{name}']:.4f}"
-        for name in ("acc", "f1_macro", "precision_macro", "recall_macro", "auroc_macro", "loss")
-        if f"test/{name}" in metrics
-    )
-    console = Console()
-    console.print(view)
-    console.print(summary)
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint and track one run; return its metrics.
 
@@ -118,36 +98,42 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(cfg.paths.run_dir)
     files = _write_run_files(cfg, datamodule, run_dir)
     if logger is not None:
-        tags = {f"choice.{k}": v for k, v in _choices().items()}
+        tags = choice_tags()
         tags.update({f"data.{k}": v for k, v in datamodule.fingerprint().items()})
         tags.update({str(k): str(v) for k, v in (cfg.get("tags") or {}).items()})
         log_run_metadata(logger, cfg, files["config"], tags)
         if "split" in files:
             logger.experiment.log_artifact(logger.run_id, str(files["split"]))
 
+    if logger is not None and cfg.report.explore:
+        explore_files = explore_data(datamodule, run_dir / "explore",
+                                     cfg.report.examples_per_class, cfg.seed)
+        log_files(logger, explore_files, "explore")
+
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    history = [module.history[epoch] for epoch in sorted(module.history)]
 
     metrics: dict[str, float] = {}
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics[cfg.monitor.metric] = float(checkpoint.best_model_score)
     if cfg.get("test"):
-        ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None,
+                               verbose=False)
         metrics.update({k: float(v) for k, v in results[0].items()})
-        print_test_table(metrics, datamodule.class_names, datamodule.class_counts("test"))
+        metrics.update(report_test_results(
+            module, metrics, history, run_dir / "report", cfg.report, cfg.seed, logger,
+            "Test metrics per class (best checkpoint)",
+        ))
+    if logger is not None and cfg.report.log_model:
+        example = next(iter(datamodule.test_dataloader()))[0][:4]
+        preprocessing = {"input_kind": cfg.model.get("input_kind"), "data": to_container(cfg.data)}
+        log_model(logger, module.net, example, datamodule.class_names, preprocessing,
+                  best_path or None)
     if logger is not None:
         log.info("MLflow run %s in %s", logger.run_id, logger._tracking_uri)
     return metrics
-
-
-def _choices() -> dict[str, str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}
-    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()
-            if v is not None and not k.startswith("hydra")}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

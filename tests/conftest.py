@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -33,31 +33,41 @@ def kachuee_mitbih_csv() -> Path:
     return shared_path("kachuee_samples", "mitbih_train_sample.csv")
 
 
+def compose_config(
+    tmp_path: Path, overrides: Sequence[str] = (), config_name: str = "train"
+) -> DictConfig:
+    """Compose a config as its CLI would, with outputs under tmp_path.
+
+    The caller points MLFLOW_TRACKING_URI at a store of its own.
+    """
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name=config_name,
+            overrides=[
+                f"paths.outputs_dir={tmp_path / 'outputs'}",
+                f"hydra.run.dir={tmp_path / 'run'}",
+                *overrides,
+            ],
+            return_hydra_config=True,
+        )
+    with read_write(cfg), open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+    HydraConfig.instance().set_config(cfg)
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]  # as in a real run: the task sees no `hydra` node
+    return cfg
+
+
 @pytest.fixture
 def compose_train(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[..., DictConfig]]:
-    """Compose conf/train.yaml with overrides, all outputs and tracking under tmp_path."""
+    """Compose conf/<name>.yaml with overrides, all outputs and tracking under tmp_path."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
-    def _compose(overrides: list[str] = (), config_name: str = "train") -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(
-                config_name=config_name,
-                overrides=[
-                    f"paths.outputs_dir={tmp_path / 'outputs'}",
-                    f"hydra.run.dir={tmp_path / 'run'}",
-                    *overrides,
-                ],
-                return_hydra_config=True,
-            )
-        with read_write(cfg), open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-        HydraConfig.instance().set_config(cfg)
-        with read_write(cfg), open_dict(cfg):
-            del cfg["hydra"]  # as in a real run: the task sees no `hydra` node
-        return cfg
+    def _compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+        return compose_config(tmp_path, overrides, config_name)
 
     yield _compose
     GlobalHydra.instance().clear()

@@ -56,12 +56,15 @@ def read_beats_csv(
     path: str | os.PathLike,
     signal_length: int = KAGGLE_SIGNAL_LENGTH,
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
-) -> tuple[np.ndarray, np.ndarray]:
+    labelled: bool | None = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a Kaggle-format beats CSV into (signals float32 [n, length], labels int64 [n]).
 
     Accepts the public files as downloaded (no header, plain or e-notation decimals, float
     labels) and also a header row and/or a leading index column, both detected from the
-    content. Raises DataError naming the file and line for any malformed content.
+    content. With `labelled=None` a file of `signal_length` columns (no label column) is
+    also accepted and its labels are None. Raises DataError naming the file and line for
+    any malformed content.
     """
     path = Path(path)
     expected = signal_length + 1
@@ -81,6 +84,11 @@ def read_beats_csv(
     if frame.empty:
         raise DataError(f"{path}: no data rows (expected rows of {expected} columns)")
     ncols = frame.shape[1]
+    if labelled is None:
+        with_label = ncols == expected or (
+            ncols == expected + 1 and _looks_like_index(frame.iloc[:, 0])
+        )
+        expected = signal_length + 1 if with_label else signal_length
     if ncols == expected + 1 and _looks_like_index(frame.iloc[:, 0]):
         frame = frame.iloc[:, 1:]
     elif ncols != expected:
@@ -98,6 +106,8 @@ def read_beats_csv(
             f"{path}, line {header_lines + row + 1}, column {col + 1}: {what}; "
             "expected a finite number"
         )
+    if expected == signal_length:  # unlabelled rows
+        return values.astype(np.float32), None
     labels = values[:, -1]
     not_integer = labels != np.round(labels)
     if not_integer.any():

@@ -167,13 +167,28 @@ def _check_dat_size(directory: Path, header: wfdb.Record) -> None:
             )
 
 
+def detect_beats(signal: np.ndarray, fs: float) -> np.ndarray:
+    """R-peak samples found by wfdb's XQRS detector, moved onto the local maximum."""
+    from wfdb import processing
+
+    peaks = processing.xqrs_detect(signal, fs=fs, verbose=False)
+    radius = int(round(0.1 * fs))
+    corrected = processing.correct_peaks(signal, peaks, search_radius=radius,
+                                         smooth_window_size=int(round(0.15 * fs)),
+                                         peak_dir="compare")
+    return np.unique(np.asarray(corrected, dtype=np.int64))
+
+
 def read_record(
-    directory: str | os.PathLike, name: str, lead: str = "MLII", missing_lead: str = "skip"
+    directory: str | os.PathLike, name: str, lead: str = "MLII", missing_lead: str = "skip",
+    require_annotations: bool = True,
 ) -> Record | None:
     """Read one lead of a record and its beat annotations.
 
     `missing_lead` says what to do when the record has no lead of that name: "skip"
     (return None and log it), "first" (use the record's first channel) or "error".
+    Without a .atr file and `require_annotations=False`, beats come from the XQRS
+    detector and their symbols are "?" (unknown class).
     """
     directory = Path(directory)
     base = str(directory / name)
@@ -197,21 +212,29 @@ def read_record(
             "data.missing_lead to skip or first, or exclude the record"
         )
     _check_dat_size(directory, header)
+    annotated = require_annotations or Path(f"{base}.atr").is_file()
     try:
         signal, fields = wfdb.rdsamp(base, channels=[channel])
-        annotation = wfdb.rdann(base, "atr")
+        annotation = wfdb.rdann(base, "atr") if annotated else None
     except FileNotFoundError as err:
         raise DataError(f"record {name}: {err.filename} is missing") from err
     except Exception as err:
         raise DataError(f"record {name}: cannot read it with wfdb ({err})") from err
-    symbols = np.asarray(annotation.symbol)
-    samples = np.asarray(annotation.sample, dtype=np.int64)
-    is_beat = np.isin(symbols, list(AAMI_MAP))
+    signal = signal[:, 0].astype(np.float64)
+    if annotation is None:
+        log.info("record %s has no .atr annotations: detecting beats with XQRS", name)
+        samples = detect_beats(signal, float(fields["fs"]))
+        symbols = np.full(len(samples), "?")
+    else:
+        symbols = np.asarray(annotation.symbol)
+        samples = np.asarray(annotation.sample, dtype=np.int64)
+        is_beat = np.isin(symbols, list(AAMI_MAP))
+        symbols, samples = symbols[is_beat], samples[is_beat]
     return Record(
         name=name,
         lead=channel_names[channel],
         fs=float(fields["fs"]),
-        signal=signal[:, 0].astype(np.float64),
-        beat_samples=samples[is_beat],
-        beat_symbols=symbols[is_beat],
+        signal=signal,
+        beat_samples=samples,
+        beat_symbols=symbols,
     )

@@ -9,6 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from ecg_experiments.evaluation.metrics import classification_metrics
 
@@ -21,14 +22,16 @@ class ClassifierModule(pl.LightningModule):
 
     `optimizer` and `scheduler` are partials from the config (`_partial_: true`) that take
     the parameters / the optimizer. `config` (the resolved run config) is stored in every
-    checkpoint under "ecg_config" so a checkpoint alone says how it was made.
+    checkpoint under "ecg_config" so a checkpoint alone says how it was made. The module
+    keeps a per-epoch `history` of train/val loss and accuracy (also in checkpoints) and,
+    after `test`, the test targets and probabilities in `test_targets` / `test_probs`.
     """
 
     def __init__(
         self,
         net: nn.Module,
         class_names: Sequence[str],
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         monitor: str = "val/f1_macro",
         class_weights: Sequence[float] | torch.Tensor | None = None,
@@ -46,11 +49,18 @@ class ClassifierModule(pl.LightningModule):
         if class_weights is not None:
             weight = torch.as_tensor(class_weights, dtype=torch.float32)
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        # one metric collection and one mean loss per stage ("train" cannot be a ModuleDict key:
+        # it would shadow nn.Module.train)
         self.train_metrics = classification_metrics(
             self.class_names, "train", per_class=False, auroc=False
         )
         self.val_metrics = classification_metrics(self.class_names, "val")
         self.test_metrics = classification_metrics(self.class_names, "test")
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.history: dict[int, dict[str, float]] = {}
+        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.test_targets: torch.Tensor | None = None
+        self.test_probs: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -59,12 +69,11 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
-        metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(logits.detach().softmax(dim=-1), y)
-        self.log(
-            f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-            batch_size=y.shape[0],
-        )
+        probs = logits.detach().softmax(dim=-1)
+        getattr(self, f"{stage}_metrics").update(probs, y)
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=y.shape[0])
+        if stage == "test":
+            self._test_outputs.append((y.detach().cpu(), probs.cpu()))
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -76,29 +85,46 @@ class ClassifierModule(pl.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def _log_epoch_metrics(self, stage: str) -> None:
-        metrics = getattr(self, f"{stage}_metrics")
+    def _log_epoch_metrics(self, stage: str) -> dict[str, float]:
         with warnings.catch_warnings():
             # With compute groups, torchmetrics warns that the per-class metrics inside
             # ClasswiseWrapper were computed before update after a reset; their states are
             # shared with the group leader and the values are correct (tests/test_metrics.py).
             warnings.filterwarnings("ignore", message=".*was called before the ``update``")
-            values = metrics.compute()
-        shown = {f"{stage}/acc", f"{stage}/f1_macro"}
+            values = dict(getattr(self, f"{stage}_metrics").compute())
+        values[f"{stage}/loss"] = getattr(self, f"{stage}_loss").compute()
+        getattr(self, f"{stage}_metrics").reset()
+        getattr(self, f"{stage}_loss").reset()
+        shown = {f"{stage}/loss", f"{stage}/acc", f"{stage}/f1_macro"}
         self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
         self.log_dict({k: v for k, v in values.items() if k not in shown})
-        metrics.reset()
+        return {k: float(v) for k, v in values.items()}
+
+    def _remember(self, stage: str, values: dict[str, float]) -> None:
+        row = self.history.setdefault(self.current_epoch, {"epoch": self.current_epoch})
+        row.update({k: v for k, v in values.items() if k.endswith(("/loss", "/acc", "/f1_macro"))})
 
     def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
+        self._remember("train", self._log_epoch_metrics("train"))
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
+        values = self._log_epoch_metrics("val")
+        if not self.trainer.sanity_checking:
+            self._remember("val", values)
+
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = []
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
+        if self._test_outputs:
+            targets, probs = zip(*self._test_outputs, strict=True)
+            self.test_targets, self.test_probs = torch.cat(targets), torch.cat(probs)
+        self._test_outputs = []
 
     def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise RuntimeError("ClassifierModule was built without an optimizer: cannot train")
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
@@ -112,3 +138,7 @@ class ClassifierModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ecg_config"] = self.config
         checkpoint["ecg_class_names"] = self.class_names
+        checkpoint["ecg_history"] = [self.history[e] for e in sorted(self.history)]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = {int(row["epoch"]): dict(row) for row in checkpoint.get("ecg_history", [])}

@@ -1,0 +1,130 @@
+"""Compare tracked runs in the terminal.
+
+`python -m ecg_experiments.compare [experiment name] [metric=test/f1_macro] [limit=20]
+[tracking_uri=...]`: one row per run (key params and metrics), best first.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import mlflow
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from ecg_experiments.cli import exit_on_user_error
+from ecg_experiments.config import project_root
+from ecg_experiments.errors import ConfigError
+
+KEY_PARAMS = {
+    "model": "tags.choice.model",
+    "data": "tags.choice.data",
+    "split": "params.data.split",
+    "optimizer": "tags.choice.optimizer",
+    "lr": "params.optimizer.lr",
+    "batch": "params.data.batch_size",
+    "epochs": "params.trainer.max_epochs",
+    "seed": "params.seed",
+}
+KEY_METRICS = ("test/acc", "test/f1_macro", "test/auroc_macro", "val/f1_macro")
+
+
+def default_tracking_uri() -> str:
+    import os
+
+    return os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{project_root()}/outputs/mlflow.db")
+
+
+def compare_runs(
+    tracking_uri: str, experiment: str | None = None, metric: str = "test/f1_macro",
+    limit: int = 20,
+) -> pd.DataFrame:
+    """Runs of one experiment (or all) with key params and metrics, sorted by `metric`.
+
+    Loss-like metrics sort ascending, everything else descending; runs without the metric
+    come last.
+    """
+    client = mlflow.MlflowClient(tracking_uri)
+    if experiment:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            names = [e.name for e in client.search_experiments()]
+            raise ConfigError(
+                f"no MLflow experiment named {experiment!r} in {tracking_uri}; "
+                f"experiments: {', '.join(names) or 'none'}"
+            )
+        ids = [found.experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        runs = mlflow.search_runs(experiment_ids=ids, max_results=10_000)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    if runs.empty:
+        return pd.DataFrame()
+    column = f"metrics.{metric}"
+    if column not in runs:
+        runs[column] = float("nan")
+    ascending = "loss" in metric
+    runs = runs.sort_values(column, ascending=ascending, na_position="last").head(limit)
+    table = pd.DataFrame({
+        "run": runs["run_id"].str[:8],
+        "name": runs.get("tags.mlflow.runName", pd.Series("", index=runs.index)),
+        "status": runs["status"],
+        "started": runs["start_time"].dt.strftime("%Y-%m-%d %H:%M"),
+    })
+    for label, key in KEY_PARAMS.items():
+        table[label] = runs[key] if key in runs else ""
+    for name in dict.fromkeys((metric, *KEY_METRICS)):
+        key = f"metrics.{name}"
+        table[name] = runs[key] if key in runs else float("nan")
+    return table.reset_index(drop=True)
+
+
+def print_runs(table: pd.DataFrame, metric: str) -> None:
+    if table.empty:
+        Console().print("no runs found")
+        return
+    empty = [c for c in table.columns if table[c].isna().all() or (table[c] == "").all()]
+    table = table.drop(columns=[c for c in empty if c != metric])
+    view = Table(title=f"Runs sorted by {metric}")
+    for column in table.columns:
+        view.add_column(column, justify="right" if "/" in column else "left", no_wrap=True)
+    for row in table.itertuples(index=False):
+        view.add_row(*["" if pd.isna(v) else (f"{v:.4f}" if isinstance(v, float) else str(v))
+                       for v in row])
+    Console(width=max(Console().width, 200)).print(view)
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, str]:
+    """`[experiment] [metric=...] [limit=...] [tracking_uri=...]`."""
+    options = {"metric": "test/f1_macro", "limit": "20", "tracking_uri": default_tracking_uri(),
+               "experiment": ""}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            options["experiment"] = arg
+        elif key in options:
+            options[key] = value
+        else:
+            raise ConfigError(
+                f"unknown option {key!r}; usage: compare [experiment] [metric=test/f1_macro] "
+                "[limit=20] [tracking_uri=...]"
+            )
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    with exit_on_user_error():
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+        table = compare_runs(options["tracking_uri"], options["experiment"] or None,
+                             options["metric"], int(options["limit"]))
+    print_runs(table, options["metric"])
+
+
+if __name__ == "__main__":
+    main()

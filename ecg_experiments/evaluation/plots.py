@@ -1,0 +1,115 @@
+"""Figures of a run and of a dataset, written straight to PNG files (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
+    """Counts and row-normalised (recall per true class) confusion matrices side by side."""
+    rows = cm.sum(axis=1, keepdims=True)
+    normalised = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    for ax, values, title, fmt in (
+        (axes[0], cm, "Counts", "{:,.0f}"),
+        (axes[1], normalised, "Row-normalised (recall)", "{:.2f}"),
+    ):
+        image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), value in np.ndenumerate(values):
+            ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=8,
+                    color="white" if normalised[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(class_names)), class_names)
+        ax.set_yticks(range(len(class_names)), class_names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+    fig.colorbar(image, ax=axes[1], fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
+             auroc: Sequence[float], path: Path) -> Path:
+    """One-vs-rest ROC curve of every class with its AUC."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for k, name in enumerate(class_names):
+        positives = y_true == k
+        if positives.all() or not positives.any():
+            continue  # ROC undefined without both positives and negatives
+        fpr, tpr, _ = roc_curve(positives, probs[:, k])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auroc[k]:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title("ROC, one vs rest")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_learning_curves(history: Sequence[Mapping[str, float]], path: Path) -> Path:
+    """Train/validation loss and accuracy per epoch."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [row["epoch"] for row in history]
+    for ax, metric in zip(axes, ("loss", "acc"), strict=True):
+        for stage in ("train", "val"):
+            key = f"{stage}/{metric}"
+            points = [(e, row[key]) for e, row in zip(epochs, history, strict=True) if key in row]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=stage)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Loss")
+    axes[1].set_title("Accuracy")
+    return _save(fig, path)
+
+
+def plot_class_distribution(counts: Mapping[str, np.ndarray], class_names: Sequence[str],
+                            path: Path) -> Path:
+    """Per-class counts per split (bars) and the overall share of each class (pie)."""
+    fig, (bars, pie) = plt.subplots(1, 2, figsize=(11, 4.5))
+    width = 0.8 / max(len(counts), 1)
+    x = np.arange(len(class_names))
+    for i, (split, values) in enumerate(counts.items()):
+        bars.bar(x + i * width, values, width, label=split)
+    bars.set_xticks(x + width * (len(counts) - 1) / 2, class_names)
+    bars.set_yscale("log")
+    bars.set_ylabel("samples (log scale)")
+    bars.set_title("Samples per class and split")
+    bars.legend()
+    total = np.sum(list(counts.values()), axis=0)
+    pie.pie(total, labels=[f"{n} ({c:,})" for n, c in zip(class_names, total, strict=True)],
+            autopct="%1.1f%%", startangle=90)
+    pie.set_title("Class share, all splits")
+    return _save(fig, path)
+
+
+def plot_example_beats(signals: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                       path: Path, per_class: int = 5, seed: int = 0) -> Path:
+    """A few random beats of every class, one panel per class."""
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(1, len(class_names), figsize=(3 * len(class_names), 3), sharey=True,
+                             squeeze=False)
+    for k, (ax, name) in enumerate(zip(axes[0], class_names, strict=True)):
+        index = np.flatnonzero(labels == k)
+        for i in rng.choice(index, size=min(per_class, len(index)), replace=False):
+            ax.plot(signals[i].reshape(-1), linewidth=0.8)
+        ax.set_title(f"{name} (n={len(index):,})")
+        ax.set_xlabel("sample")
+    return _save(fig, path)

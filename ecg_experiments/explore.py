@@ -1,0 +1,63 @@
+"""Look at a dataset before training: `python -m ecg_experiments.explore [data=...]`.
+
+Writes a class-distribution chart (bars per split and a pie), example beats per class and a
+table of split sizes per class.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from ecg_experiments.cli import exit_on_user_error
+from ecg_experiments.data.beats import BeatsDataModuleBase
+from ecg_experiments.evaluation.plots import plot_class_distribution, plot_example_beats
+
+log = logging.getLogger(__name__)
+
+
+def explore_data(
+    datamodule: BeatsDataModuleBase, out_dir: Path, examples_per_class: int = 5, seed: int = 0
+) -> dict[str, Path]:
+    """Write the exploration figures and split table for a set-up DataModule."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = datamodule.class_names
+    counts = {split: datamodule.class_counts(split) for split in datamodule.datasets}
+    sizes = pd.DataFrame(counts, index=names).T
+    sizes["total"] = sizes.sum(axis=1)
+    files = {"split_sizes": out_dir / "split_sizes.csv"}
+    sizes.to_csv(files["split_sizes"], index_label="split")
+    files["class_distribution"] = plot_class_distribution(
+        counts, names, out_dir / "class_distribution.png"
+    )
+    signals, labels = datamodule.datasets["train"].tensors
+    files["example_beats"] = plot_example_beats(
+        signals.numpy(), labels.numpy(), names, out_dir / "example_beats.png",
+        per_class=examples_per_class, seed=seed,
+    )
+    log.info("split sizes per class:\n%s", sizes.to_string())
+    return files
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="explore")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        datamodule: BeatsDataModuleBase = instantiate(cfg.data)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        files = explore_data(datamodule, Path(cfg.paths.run_dir) / "explore",
+                             cfg.report.examples_per_class, cfg.seed)
+    total = np.sum([datamodule.class_counts(s) for s in datamodule.datasets], axis=0)
+    print(", ".join(f"{n}: {c:,}" for n, c in zip(datamodule.class_names, total, strict=True)))
+    for path in files.values():
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Loading trained models back: from a Lightning checkpoint or an MLflow run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ecg_experiments.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedModel:
+    """A backbone with its weights, the config it was trained with and its class names."""
+
+    net: nn.Module
+    config: DictConfig
+    class_names: list[str]
+    checkpoint: Path
+    history: list[dict]
+
+
+def load_trained_model(path: str | os.PathLike) -> TrainedModel:
+    """Rebuild the network of an ecg-experiments checkpoint and load its weights.
+
+    Loads with `torch.load(weights_only=True)`: a checkpoint cannot run code on load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(
+            f"{path}: not a loadable PyTorch checkpoint ({str(err).splitlines()[0]})"
+        ) from err
+    if not isinstance(checkpoint, dict) or "ecg_config" not in checkpoint:
+        raise DataError(
+            f"{path}: not an ecg-experiments checkpoint (no 'ecg_config' entry); expected a "
+            "checkpoint written by `python -m ecg_experiments.train`"
+        )
+    config = OmegaConf.create(checkpoint["ecg_config"])
+    net = instantiate(config.model.net)
+    state = {
+        key.removeprefix("net."): value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith("net.")
+    }
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise DataError(f"{path}: weights do not fit the model in its config ({err})") from err
+    net.eval()
+    return TrainedModel(
+        net=net,
+        config=config,
+        class_names=list(checkpoint.get("ecg_class_names") or config.data.class_names),
+        checkpoint=path,
+        history=list(checkpoint.get("ecg_history", [])),
+    )
+
+
+def checkpoint_from_run(run_id: str, tracking_uri: str, download_dir: str | None = None) -> Path:
+    """Download the best checkpoint logged with an MLflow run (tag `model.checkpoint`)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise ConfigError(f"run_id={run_id}: no such MLflow run in {tracking_uri}") from err
+    artifact = run.data.tags.get("model.checkpoint")
+    if not artifact:
+        raise ConfigError(
+            f"run_id={run_id}: the run logged no checkpoint (tag model.checkpoint is missing); "
+            "was it trained with logger=mlflow and report.log_model=true?"
+        )
+    target = download_dir or tempfile.mkdtemp(prefix="ecg-ckpt-")
+    return Path(client.download_artifacts(run_id, artifact, target))
+
+
+def resolve_trained_model(
+    ckpt: str | None, run_id: str | None, tracking_uri: str
+) -> tuple[TrainedModel, str | None]:
+    """The model named by exactly one of `ckpt` (a path) or `run_id` (an MLflow run)."""
+    if bool(ckpt) == bool(run_id):
+        raise ConfigError("give exactly one of ckpt=<checkpoint path> or run_id=<MLflow run id>")
+    path = Path(ckpt) if ckpt else checkpoint_from_run(str(run_id), tracking_uri)
+    return load_trained_model(path), run_id

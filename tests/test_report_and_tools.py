@@ -1,0 +1,214 @@
+"""The run report, the logged model, and evaluate / predict / export / compare / explore."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from ecg_experiments.config import PROJECT_ROOT
+from ecg_experiments.errors import DataError
+from ecg_experiments.evaluate import evaluate
+from ecg_experiments.evaluation.report import bootstrap_ci, report_table
+from ecg_experiments.export import export_model
+from ecg_experiments.models.checkpoint import checkpoint_from_run, load_trained_model
+from ecg_experiments.predict import predict
+from ecg_experiments.train import train
+from tests.conftest import compose_config, shared_path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory):
+    """One real run: cnn1d on the public sample rows, 4 epochs, tracked in its own store."""
+    csv = shared_path("kachuee_samples", "mitbih_train_sample.csv")
+    tmp = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        cfg = compose_config(tmp, ["data=beats_csv", f"data.train_file={csv}",
+                                   "data.batch_size=32", "trainer.max_epochs=4",
+                                   "report.bootstrap_rounds=200"])
+        metrics = train(cfg)
+    run = mlflow.MlflowClient(uri).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()])[0]
+    return {"uri": uri, "metrics": metrics, "run": run, "tmp": tmp, "csv": csv}
+
+
+def test_report_artifacts_ci_metrics_and_logged_model(trained_run) -> None:
+    client = mlflow.MlflowClient(trained_run["uri"])
+    run = trained_run["run"]
+    report = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/confusion_matrix.png", "report/roc.png", "report/learning_curves.png",
+            "report/per_class.csv", "report/confidence_intervals.csv"} <= report
+    metrics = run.data.metrics
+    for name in ("acc", "f1_macro", "recall_N", "recall_Q"):
+        low, high = metrics[f"test/{name}_ci_low"], metrics[f"test/{name}_ci_high"]
+        assert low <= high
+    assert metrics["test/acc_ci_low"] <= metrics["test/acc"] <= metrics["test/acc_ci_high"]
+    table = pd.read_csv(trained_run["tmp"] / "run" / "report" / "per_class.csv")
+    assert table["class"].tolist() == ["N", "S", "V", "F", "Q", "macro avg", "micro avg"]
+    assert table.loc[:4, "support"].sum() == 75
+    # the MLflow model predicts exactly what the best checkpoint predicts
+    model = mlflow.pytorch.load_model(run.data.tags["model.uri"])
+    checkpoint = checkpoint_from_run(run.info.run_id, trained_run["uri"],
+                                     str(trained_run["tmp"] / "download"))
+    reference = load_trained_model(checkpoint)
+    x = torch.rand(32, 1, 187, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), reference.net(x).numpy(), atol=1e-6)
+    assert reference.class_names == ["N", "S", "V", "F", "Q"]
+    best_epoch = int(checkpoint.stem.split("_")[1])  # epoch_002.ckpt
+    assert [row["epoch"] for row in reference.history] == list(range(best_epoch + 1))
+    assert "val/loss" in reference.history[0]
+
+
+def test_evaluate_run_id_reproduces_the_test_metrics(trained_run, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_run["uri"])
+    source = trained_run["run"]
+    cfg = compose_config(trained_run["tmp"] / "eval", [f"run_id={source.info.run_id}",
+                                                        "report.bootstrap_rounds=50"], "eval")
+    metrics = evaluate(cfg)
+    expected = {k: v for k, v in trained_run["metrics"].items()
+                if k.startswith("test/") and "_ci_" not in k}
+    assert len(expected) == 26
+    for key, value in expected.items():
+        assert metrics[key] == value, key
+    client = mlflow.MlflowClient(trained_run["uri"])
+    runs = client.search_runs([source.info.experiment_id],
+                              filter_string=f"tags.`source.run_id` = '{source.info.run_id}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.metrics["test/f1_macro"] == trained_run["metrics"]["test/f1_macro"]
+
+
+def test_predict_a_raw_record_one_row_per_annotated_beat(trained_run, tmp_path) -> None:
+    mitdb = shared_path("mitdb")
+    checkpoint = checkpoint_from_run(trained_run["run"].info.run_id, trained_run["uri"],
+                                     str(tmp_path / "ckpt"))
+    cfg = compose_config(tmp_path, [f"ckpt={checkpoint}", f"input={mitdb / '100.hea'}"],
+                         "predict")
+    frame = predict(cfg)
+    assert len(frame) == 2273  # the annotated beats of record 100
+    probs = frame[[f"prob_{c}" for c in "NSVFQ"]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert set(frame["true"]) == {"N", "S", "V"} and set(frame["predicted"]) <= set("NSVFQ")
+    written = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert len(written) == 2273 and list(written.columns[:4]) == ["record", "sample", "symbol",
+                                                                  "true"]
+
+
+def test_predict_a_record_without_annotations_and_a_csv(trained_run, tmp_path) -> None:
+    mitdb = shared_path("mitdb")
+    (tmp_path / "rec").mkdir()
+    for ext in ("hea", "dat"):
+        shutil.copy(mitdb / f"100.{ext}", tmp_path / "rec" / f"100.{ext}")
+    checkpoint = checkpoint_from_run(trained_run["run"].info.run_id, trained_run["uri"],
+                                     str(tmp_path / "ckpt"))
+    cfg = compose_config(tmp_path, [f"ckpt={checkpoint}", f"input={tmp_path / 'rec' / '100'}"],
+                         "predict")
+    frame = predict(cfg)
+    assert abs(len(frame) - 2273) <= 5  # XQRS finds the beats
+    assert (frame["symbol"] == "?").all()
+    cfg = compose_config(tmp_path / "csv", [f"ckpt={checkpoint}", f"input={trained_run['csv']}"],
+                         "predict")
+    frame = predict(cfg)
+    assert len(frame) == 500 and (frame["true"].value_counts() == 100).all()
+    cfg = compose_config(tmp_path / "bad", [f"ckpt={checkpoint}", "input=/no/such/file.txt"],
+                         "predict")
+    with pytest.raises(DataError, match="expected a Kaggle-format .csv file or a WFDB record"):
+        predict(cfg)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_parity(trained_run, tmp_path, fmt) -> None:
+    checkpoint = checkpoint_from_run(trained_run["run"].info.run_id, trained_run["uri"],
+                                     str(tmp_path / "ckpt"))
+    cfg = compose_config(tmp_path, [f"ckpt={checkpoint}", f"format={fmt}"], "export")
+    path, difference = export_model(cfg)
+    assert path.is_file() and difference <= 1e-4
+    assert path.name == ("model.onnx" if fmt == "onnx" else "model.pt")
+
+
+def test_bootstrap_interval_matches_the_normal_approximation() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, size=2000)
+    pred = np.where(rng.random(2000) < 0.8, y, (y + 1) % 3)
+    ci = bootstrap_ci(y, pred, ["a", "b", "c"], rounds=2000, seed=0)
+    p = (pred == y).mean()
+    half = 1.96 * np.sqrt(p * (1 - p) / len(y))
+    assert ci["acc"][0] == pytest.approx(p - half, abs=0.004)
+    assert ci["acc"][1] == pytest.approx(p + half, abs=0.004)
+    assert ci == bootstrap_ci(y, pred, ["a", "b", "c"], rounds=2000, seed=0)  # seeded
+    perfect = bootstrap_ci(y, y, ["a", "b", "c"], rounds=100, seed=0)
+    assert perfect["acc"] == (1.0, 1.0) and perfect["recall_b"] == (1.0, 1.0)
+
+
+def test_report_table_auroc_and_averages_against_sklearn() -> None:
+    y = np.array([0, 0, 1, 1, 2, 2, 2, 0])
+    probs = np.array([[.8, .1, .1], [.4, .5, .1], [.2, .7, .1], [.3, .3, .4],
+                      [.1, .1, .8], [.2, .2, .6], [.5, .2, .3], [.6, .3, .1]])
+    metrics = {"test/acc": 0.625, "test/precision_macro": 0.1, "test/recall_macro": 0.2,
+               "test/f1_macro": 0.3}
+    table = report_table(metrics, y, probs, ["a", "b", "c"])
+    for k in range(3):
+        assert table.loc[k, "auroc"] == pytest.approx(roc_auc_score(y == k, probs[:, k]))
+        assert table.loc[k, "support"] == (y == k).sum()
+    micro = table.set_index("class").loc["micro avg"]
+    assert micro["f1"] == 0.625
+    # micro specificity: true negatives over all negatives, pooled over classes
+    pred = probs.argmax(axis=1)
+    tn = sum(((y != k) & (pred != k)).sum() for k in range(3))
+    assert micro["specificity"] == pytest.approx(tn / (2 * len(y)))
+
+
+def test_compare_sorts_runs_by_the_chosen_metric(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("study", artifact_location=(tmp_path / "a").as_uri())
+    for name, f1, loss in (("low", 0.5, 0.3), ("high", 0.9, 0.9), ("mid", 0.7, 0.1)):
+        run = client.create_run(experiment, run_name=name)
+        client.log_metric(run.info.run_id, "test/f1_macro", f1)
+        client.log_metric(run.info.run_id, "test/loss", loss)
+        client.set_terminated(run.info.run_id)
+    result = subprocess.run(
+        [sys.executable, "-m", "ecg_experiments.compare", "study", f"tracking_uri={uri}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if " high " in line or " mid " in line
+             or " low " in line]
+    assert [n for line in lines for n in ("high", "mid", "low") if f" {n} " in line] == [
+        "high", "mid", "low"]
+    from ecg_experiments.compare import compare_runs
+
+    by_loss = compare_runs(uri, "study", "test/loss")
+    assert by_loss["name"].tolist() == ["mid", "low", "high"]  # a loss sorts ascending
+    bad = subprocess.run(
+        [sys.executable, "-m", "ecg_experiments.compare", "nope", f"tracking_uri={uri}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2 and "no MLflow experiment named 'nope'" in bad.stderr
+
+
+def test_explore_writes_distribution_examples_and_split_sizes(
+    compose_train, kachuee_mitbih_csv, tmp_path
+) -> None:
+    from hydra.utils import instantiate
+
+    from ecg_experiments.explore import explore_data
+
+    cfg = compose_train(["data=beats_csv", f"data.train_file={kachuee_mitbih_csv}"], "explore")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    files = explore_data(datamodule, tmp_path / "explore")
+    assert all(path.stat().st_size > 1000 for path in files.values() if path.suffix == ".png")
+    sizes = pd.read_csv(files["split_sizes"], index_col="split")
+    assert sizes["total"].to_dict() == {"train": 350, "val": 75, "test": 75}
+    assert (sizes[list("NSVFQ")].sum() == 100).all()
