@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
@@ -56,6 +57,12 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"monitor.metric={monitor!r}: checkpoints, early stopping and sweeps may only "
             "monitor validation metrics ('val/...'), never train or test ones"
         )
+    optimized = cfg.get("optimized_metric")
+    if optimized is not None and not str(optimized).startswith("val/"):
+        raise ConfigError(
+            f"optimized_metric={optimized!r}: sweeps may only optimise validation metrics "
+            "('val/...'); the test split is for the final report"
+        )
     if cfg.monitor.mode not in ("min", "max"):
         raise ConfigError(f"monitor.mode={cfg.monitor.mode!r}: expected 'min' or 'max'")
     lr = cfg.optimizer.get("lr")
@@ -69,3 +76,20 @@ def validate_train_config(cfg: DictConfig) -> None:
 def to_container(cfg: DictConfig) -> dict:
     """The resolved config as plain Python containers."""
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate`, re-raising a user error from the built class as itself
+    (Hydra wraps every exception of a target in InstantiationException)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from ecg_experiments.cli import user_error_in
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        user_error = user_error_in(err)
+        if user_error is not None:
+            raise user_error from err
+        raise

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import ConcatDataset, DataLoader
 
 from ecg_experiments.cli import exit_on_user_error
-from ecg_experiments.config import to_container
+from ecg_experiments.config import build, to_container
 from ecg_experiments.data.beats import BeatsDataModuleBase
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.report import report_test_results
@@ -40,7 +40,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     lookup_uri = cfg.logger.tracking_uri if cfg.get("logger") else cfg.paths.tracking_uri
     model, source_run = resolve_trained_model(cfg.get("ckpt"), cfg.get("run_id"), lookup_uri)
     data_cfg = cfg.data if cfg.get("data") else model.config.data
-    datamodule: BeatsDataModuleBase = instantiate(data_cfg)
+    datamodule: BeatsDataModuleBase = build(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("test")
     if datamodule.num_classes != len(model.class_names):
@@ -50,7 +50,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
     module = ClassifierModule(net=model.net, class_names=datamodule.class_names,
                               config=to_container(model.config))
-    logger = instantiate(cfg.logger) if cfg.get("logger") else None
+    logger = build(cfg.logger) if cfg.get("logger") else None
     trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[],
                           enable_checkpointing=False)
     run_dir = Path(cfg.paths.run_dir)

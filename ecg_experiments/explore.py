@@ -12,10 +12,10 @@ from pathlib import Path
 import hydra
 import numpy as np
 import pandas as pd
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ecg_experiments.cli import exit_on_user_error
+from ecg_experiments.config import build
 from ecg_experiments.data.beats import BeatsDataModuleBase
 from ecg_experiments.evaluation.plots import plot_class_distribution, plot_example_beats
 
@@ -48,7 +48,7 @@ def explore_data(
 @hydra.main(version_base="1.3", config_path="../conf", config_name="explore")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
-        datamodule: BeatsDataModuleBase = instantiate(cfg.data)
+        datamodule: BeatsDataModuleBase = build(cfg.data)
         datamodule.prepare_data()
         datamodule.setup("fit")
         files = explore_data(datamodule, Path(cfg.paths.run_dir) / "explore",

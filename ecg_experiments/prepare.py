@@ -7,12 +7,12 @@ import time
 
 import hydra
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
 from ecg_experiments.cli import exit_on_user_error
+from ecg_experiments.config import build
 from ecg_experiments.data.beats import BeatsDataModuleBase
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def prepare(cfg: DictConfig) -> BeatsDataModuleBase:
     """Run the data config's preparation and split; return the set-up DataModule."""
-    datamodule: BeatsDataModuleBase = instantiate(cfg.data)
+    datamodule: BeatsDataModuleBase = build(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule

@@ -6,16 +6,20 @@ import contextlib
 import logging
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import torch
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 
 from ecg_experiments.config import project_root
+from ecg_experiments.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,8 @@ def mlflow_logger(
     For a local store the folders are created; a server chooses its own artifact location.
     """
     artifact_location = None
+    if is_remote(tracking_uri):
+        check_server(tracking_uri)
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if not is_remote(tracking_uri) and artifact_dir:
@@ -52,6 +58,101 @@ def mlflow_logger(
         artifact_location=artifact_location,
         run_id=run_id,
     )
+
+
+def check_server(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail fast when no MLflow server answers at `tracking_uri` (MLflow's own client would
+    retry for minutes, after the training work)."""
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            if response.status != 200:
+                raise OSError(f"HTTP {response.status}")
+    except (OSError, urllib.error.URLError) as err:
+        raise ConfigError(
+            f"logger.tracking_uri={tracking_uri}: no MLflow server answers at {url} ({err}); "
+            "start one (`mlflow server --host 127.0.0.1 --port 5000`), fix the address, or "
+            "drop the override to use the local store"
+        ) from err
+
+
+def parent_run_file(sweep_dir: str | Path) -> Path:
+    return Path(sweep_dir) / "mlflow_parent_run_id"
+
+
+def get_or_create_experiment(client: mlflow.MlflowClient, name: str,
+                             artifact_dir: str | None) -> str:
+    """The id of experiment `name`, created (with the local artifact folder) when missing."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if artifact_dir and not is_remote(client.tracking_uri):
+        Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+        location = Path(artifact_dir).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
+        return client.get_experiment_by_name(name).experiment_id
+
+
+class MlflowSweepCallback(Callback):
+    """Groups the runs of one multirun under a parent MLflow run (Hydra callback).
+
+    Before the jobs start, the parent run is created and its id written to the sweep dir,
+    where every job finds it (also jobs in other processes); at the end the parent gets the
+    best child's value and run id, and the sweeper's results file when there is one.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.get("logger"):
+            return
+        uri = str(config.logger.tracking_uri)
+        if is_remote(uri):
+            check_server(uri)
+        elif uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        client = mlflow.MlflowClient(uri)
+        experiment = get_or_create_experiment(client, str(config.experiment_name),
+                                              config.logger.get("artifact_dir"))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        overrides = " ".join(config.hydra.overrides.task)
+        run = client.create_run(experiment, run_name=f"sweep {sweep_dir.name}", tags={
+            "sweep.id": sweep_id(sweep_dir), "sweep.dir": str(sweep_dir),
+            "sweep.overrides": overrides[:5000], "sweep.parent": "true",
+        })
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        parent_run_file(sweep_dir).write_text(run.info.run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        path = parent_run_file(config.hydra.sweep.dir)
+        if not config.get("logger") or not path.is_file():
+            return
+        client = mlflow.MlflowClient(str(config.logger.tracking_uri))
+        parent = client.get_run(path.read_text().strip())
+        children = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+            max_results=10_000,
+        )
+        metric = str(config.optimized_metric)
+        scored = [c for c in children if metric in c.data.metrics]
+        if scored:
+            pick = max if str(config.monitor.mode) == "max" else min
+            best = pick(scored, key=lambda c: c.data.metrics[metric])
+            client.log_metric(parent.info.run_id, f"best/{metric}", best.data.metrics[metric])
+            client.set_tag(parent.info.run_id, "sweep.best_run_id", best.info.run_id)
+        client.set_tag(parent.info.run_id, "sweep.jobs", str(len(children)))
+        results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"
+        if results.is_file():
+            client.log_artifact(parent.info.run_id, str(results))
+        client.set_terminated(parent.info.run_id)
+
+
+def sweep_id(sweep_dir: str | Path) -> str:
+    """A sweep's identity: its output folder relative to the multirun root."""
+    sweep_dir = Path(sweep_dir)
+    return f"{sweep_dir.parent.name}/{sweep_dir.name}"
 
 
 def git_info(root: str | Path | None = None) -> dict[str, str]:

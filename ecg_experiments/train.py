@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import hydra
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from ecg_experiments.cli import exit_on_user_error
-from ecg_experiments.config import group_choice, to_container, validate_train_config
+from ecg_experiments.config import build, group_choice, to_container, validate_train_config
 from ecg_experiments.data.beats import BeatsDataModuleBase
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.report import report_test_results
 from ecg_experiments.explore import explore_data
 from ecg_experiments.models.classifier import ClassifierModule
-from ecg_experiments.tracking import choice_tags, log_files, log_model, log_run_metadata
+from ecg_experiments.sweepers.optuna import build_from_config
+from ecg_experiments.sweepers.pruning import OptunaPruning
+from ecg_experiments.tracking import (
+    choice_tags,
+    log_files,
+    log_model,
+    log_run_metadata,
+    parent_run_file,
+    sweep_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +77,73 @@ def _write_run_files(cfg: DictConfig, datamodule: BeatsDataModuleBase, run_dir: 
     return files
 
 
+def _sweep_tags() -> dict[str, str]:
+    """In a multirun: the sweep's id, this job's number and the parent run to nest under."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    hydra_cfg = HydraConfig.get()
+    tags = {"sweep.id": sweep_id(hydra_cfg.sweep.dir), "sweep.job": str(hydra_cfg.job.num)}
+    parent = parent_run_file(hydra_cfg.sweep.dir)
+    if parent.is_file():
+        tags["mlflow.parentRunId"] = parent.read_text().strip()
+    return tags
+
+
+def _default_run_name() -> str | None:
+    """`<model>-<data>` from the config choices, plus `-job<n>` in a multirun."""
+    choices = choice_tags()
+    if not choices:
+        return None
+    name = f"{choices.get('choice.model', 'model')}-{choices.get('choice.data', 'data')}"
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        name += f"-job{HydraConfig.get().job.num}"
+    return name
+
+
+def _set_threads(cfg: DictConfig) -> None:
+    """`threads` (int), or under a parallel launcher the cores shared out between its jobs."""
+    threads = cfg.get("threads")
+    if threads is None and HydraConfig.initialized():
+        n_jobs = HydraConfig.get().launcher.get("n_jobs")
+        if n_jobs is not None and HydraConfig.get().mode == RunMode.MULTIRUN:
+            cores = os.cpu_count() or 1
+            jobs = cores if int(n_jobs) < 0 else int(n_jobs)
+            threads = max(1, cores // max(jobs, 1))
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def _callbacks(cfg: DictConfig, with_logger: bool) -> list[pl.Callback]:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if not with_logger:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trial = cfg.get("optuna_trial")
+    if trial:  # a job of the Optuna sweeper: report to its trial, with the sweeper's pruner
+        pruner = None
+        if HydraConfig.initialized():
+            pruner = build_from_config(HydraConfig.get().sweeper.get("pruner"))
+        callbacks.append(OptunaPruning(trial.storage, trial.study_name, int(trial.number),
+                                       cfg.monitor.metric, pruner))
+    return callbacks
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint and track one run; return its metrics.
 
-    The result holds the test metrics (`test/...`), the best monitored validation value
-    under `cfg.monitor.metric`, and `best_model_path`/`run_id` are left out (see logs).
+    The result holds the test metrics (`test/...`, with confidence intervals) and the best
+    value of the monitored validation metric under `cfg.monitor.metric`.
     """
     validate_train_config(cfg)
     _check_accelerator(cfg)
+    _set_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True)
+    # the logger first: an unreachable tracking server fails before any data work
+    logger = None
+    if cfg.get("logger"):
+        logger = build(cfg.logger, tags=_sweep_tags(),
+                             run_name=cfg.logger.get("run_name") or _default_run_name())
 
-    datamodule: BeatsDataModuleBase = instantiate(cfg.data)
+    datamodule: BeatsDataModuleBase = build(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     net = instantiate(cfg.model.net)
@@ -89,26 +157,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
         label_smoothing=cfg.loss.label_smoothing,
         config=to_container(cfg),
     )
-    logger = instantiate(cfg.logger) if cfg.get("logger") else None
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    if logger is None:  # LearningRateMonitor refuses to run without a logger
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger or False)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=_callbacks(cfg, logger is not None), logger=logger or False
+    )
+    # under DDP every process runs this function; only rank 0 writes files and tracks
+    tracked = logger if trainer.is_global_zero else None
 
     run_dir = Path(cfg.paths.run_dir)
-    files = _write_run_files(cfg, datamodule, run_dir)
-    if logger is not None:
+    if trainer.is_global_zero:
+        files = _write_run_files(cfg, datamodule, run_dir)
+    if tracked is not None:
         tags = choice_tags()
         tags.update({f"data.{k}": v for k, v in datamodule.fingerprint().items()})
         tags.update({str(k): str(v) for k, v in (cfg.get("tags") or {}).items()})
-        log_run_metadata(logger, cfg, files["config"], tags)
+        log_run_metadata(tracked, cfg, files["config"], tags)
         if "split" in files:
-            logger.experiment.log_artifact(logger.run_id, str(files["split"]))
-
-    if logger is not None and cfg.report.explore:
-        explore_files = explore_data(datamodule, run_dir / "explore",
-                                     cfg.report.examples_per_class, cfg.seed)
-        log_files(logger, explore_files, "explore")
+            tracked.experiment.log_artifact(tracked.run_id, str(files["split"]))
+        if cfg.report.explore:
+            explore_files = explore_data(datamodule, run_dir / "explore",
+                                         cfg.report.examples_per_class, cfg.seed)
+            log_files(tracked, explore_files, "explore")
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     history = [module.history[epoch] for epoch in sorted(module.history)]
@@ -122,17 +190,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None,
                                verbose=False)
         metrics.update({k: float(v) for k, v in results[0].items()})
-        metrics.update(report_test_results(
-            module, metrics, history, run_dir / "report", cfg.report, cfg.seed, logger,
-            "Test metrics per class (best checkpoint)",
-        ))
-    if logger is not None and cfg.report.log_model:
+        if trainer.is_global_zero:
+            metrics.update(report_test_results(
+                module, metrics, history, run_dir / "report", cfg.report, cfg.seed, tracked,
+                "Test metrics per class (best checkpoint)",
+            ))
+    if tracked is not None and cfg.report.log_model:
         example = next(iter(datamodule.test_dataloader()))[0][:4]
         preprocessing = {"input_kind": cfg.model.get("input_kind"), "data": to_container(cfg.data)}
-        log_model(logger, module.net, example, datamodule.class_names, preprocessing,
+        log_model(tracked, module.net, example, datamodule.class_names, preprocessing,
                   best_path or None)
-    if logger is not None:
-        log.info("MLflow run %s in %s", logger.run_id, logger._tracking_uri)
+    if tracked is not None:
+        log.info("MLflow run %s in %s", tracked.run_id, tracked._tracking_uri)
     return metrics
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -87,3 +90,40 @@ def kachuee_prepared(mitdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     root = tmp_path_factory.mktemp("prepared")
     return prepare_mitbih(mitdb_dir, root, KachueeRecipe(), missing_lead="first", download=False,
                           progress=False)
+
+
+# Fast training settings and helpers for tests that run the CLI
+FAST = ["trainer.max_epochs=2", "report.log_model=false", "report.bootstrap_rounds=0",
+        "callbacks.progress_bar=null"]
+
+
+@pytest.fixture(scope="session")
+def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 real public rows (40 per class) from the shared sample."""
+    from ecg_experiments.data.beats import read_beats_csv, write_beats_csv
+
+    x, y = read_beats_csv(shared_path("kachuee_samples", "mitbih_train_sample.csv"))
+    keep = np.concatenate([np.flatnonzero(y == k)[:40] for k in range(5)])
+    path = tmp_path_factory.mktemp("csv") / "small.csv"
+    write_beats_csv(path, x[keep], y[keep])
+    return path
+
+
+def run_cli(args: list[str], tmp: Path, timeout: int = 400) -> subprocess.CompletedProcess:
+    """`python -m ecg_experiments.train ARGS` with outputs and the MLflow store under tmp."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ecg_experiments.train", *args, f"paths.outputs_dir={tmp}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+             "PYTHONWARNINGS": "ignore"},
+    )
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    return result
+
+
+def all_runs(tmp: Path) -> list:
+    """Every run in the MLflow store under tmp."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])

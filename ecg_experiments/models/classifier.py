@@ -96,8 +96,11 @@ class ClassifierModule(pl.LightningModule):
         getattr(self, f"{stage}_metrics").reset()
         getattr(self, f"{stage}_loss").reset()
         shown = {f"{stage}/loss", f"{stage}/acc", f"{stage}/f1_macro"}
-        self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True)
-        self.log_dict({k: v for k, v in values.items() if k not in shown})
+        # the values are already synchronised across processes by torchmetrics; sync_dist
+        # only tells Lightning so (identical values, a no-op on one process)
+        self.log_dict({k: v for k, v in values.items() if k in shown}, prog_bar=True,
+                      sync_dist=True)
+        self.log_dict({k: v for k, v in values.items() if k not in shown}, sync_dist=True)
         return {k: float(v) for k, v in values.items()}
 
     def _remember(self, stage: str, values: dict[str, float]) -> None:
@@ -119,7 +122,11 @@ class ClassifierModule(pl.LightningModule):
         self._log_epoch_metrics("test")
         if self._test_outputs:
             targets, probs = zip(*self._test_outputs, strict=True)
-            self.test_targets, self.test_probs = torch.cat(targets), torch.cat(probs)
+            targets, probs = torch.cat(targets), torch.cat(probs)
+            if self.trainer.world_size > 1:  # DDP: every rank saw a shard of the test set
+                targets = self.all_gather(targets.to(self.device)).reshape(-1).cpu()
+                probs = self.all_gather(probs.to(self.device)).reshape(-1, probs.shape[-1]).cpu()
+            self.test_targets, self.test_probs = targets, probs
         self._test_outputs = []
 
     def configure_optimizers(self) -> Any:

@@ -1,0 +1,1 @@
+"""Hydra sweepers of the project (Optuna on its current ask/tell API)."""

@@ -1,0 +1,1 @@
+"""Hydra plugin entry (`hydra_plugins.ecg_optuna_sweeper`): registers `hydra/sweeper=optuna`."""
