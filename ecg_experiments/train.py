@@ -23,6 +23,7 @@ from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.report import report_test_results
 from ecg_experiments.explore import explore_data
 from ecg_experiments.models.classifier import ClassifierModule
+from ecg_experiments.models.freezing import NoFreezing
 from ecg_experiments.sweepers.optuna import build_from_config
 from ecg_experiments.sweepers.pruning import OptunaPruning
 from ecg_experiments.tracking import (
@@ -147,6 +148,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     net = instantiate(cfg.model.net)
+    freeze = build(cfg.freeze) if cfg.get("freeze") else NoFreezing()
+    freeze.apply(net)
     module = ClassifierModule(
         net=net,
         class_names=datamodule.class_names,
@@ -158,7 +161,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         config=to_container(cfg),
     )
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=_callbacks(cfg, logger is not None), logger=logger or False
+        cfg.trainer, callbacks=[*_callbacks(cfg, logger is not None), *freeze.callbacks()],
+        logger=logger or False,
     )
     # under DDP every process runs this function; only rank 0 writes files and tracks
     tracked = logger if trainer.is_global_zero else None

@@ -1,0 +1,127 @@
+"""Freezing policies for transfer learning (`freeze=none|backbone|last_n|gradual`).
+
+A "layer" is a module that owns parameters itself (a conv, a linear, a norm), in the order
+the network registers them; the "head" is the classifier the network exposes (timm's
+`get_classifier()`, or an attribute named head / fc / classifier).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BaseFinetuning
+from torch import nn
+
+from ecg_experiments.errors import ConfigError
+
+log = logging.getLogger(__name__)
+HEAD_NAMES = ("head", "fc", "classifier", "last_linear")
+
+
+def head_of(net: nn.Module) -> nn.Module:
+    """The network's classifier head."""
+    get_classifier = getattr(net, "get_classifier", None)
+    if callable(get_classifier) and isinstance(get_classifier(), nn.Module):
+        return get_classifier()
+    for name in HEAD_NAMES:
+        module = getattr(net, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ConfigError(
+        f"{type(net).__name__} has no classifier head attribute ({', '.join(HEAD_NAMES)} or "
+        "timm's get_classifier()); use freeze=none or freeze=last_n"
+    )
+
+
+def parameter_layers(net: nn.Module) -> list[nn.Module]:
+    """Modules owning parameters directly, in registration order."""
+    return [m for m in net.modules() if any(True for _ in m.parameters(recurse=False))]
+
+
+def count_trainable(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+class FreezePolicy:
+    """Base: `apply(net)` sets requires_grad; `callbacks()` adds any training-time part."""
+
+    def apply(self, net: nn.Module) -> None:
+        for parameter in net.parameters():
+            parameter.requires_grad_(True)
+
+    def callbacks(self) -> list[pl.Callback]:
+        return []
+
+
+class NoFreezing(FreezePolicy):
+    """Train every parameter."""
+
+
+class FreezeBackbone(FreezePolicy):
+    """Train only the head; everything before it keeps its (pretrained) weights."""
+
+    def apply(self, net: nn.Module) -> None:
+        net.requires_grad_(False)
+        head_of(net).requires_grad_(True)
+        log.info("freeze=backbone: %d trainable parameters (head only)", count_trainable(net))
+
+
+class FreezeAllButLastN(FreezePolicy):
+    """Train the last `n` parameter layers (the head counts); freeze the rest."""
+
+    def __init__(self, n: int) -> None:
+        if int(n) < 1:
+            raise ConfigError(f"freeze.n={n}: at least the last layer must stay trainable")
+        self.n = int(n)
+
+    def apply(self, net: nn.Module) -> None:
+        layers = parameter_layers(net)
+        if self.n > len(layers):
+            raise ConfigError(
+                f"freeze.n={self.n} but {type(net).__name__} has only {len(layers)} layers "
+                "with parameters"
+            )
+        net.requires_grad_(False)
+        for layer in layers[-self.n:]:
+            layer.requires_grad_(True)
+        log.info("freeze=last_n: last %d of %d layers trainable, %d parameters", self.n,
+                 len(layers), count_trainable(net))
+
+
+class GradualUnfreezing(FreezePolicy):
+    """Train the head first; at `unfreeze_at_epoch` the backbone joins with its learning rate
+    scaled by `backbone_lr_factor` (Lightning's BaseFinetuning)."""
+
+    def __init__(self, unfreeze_at_epoch: int = 2, backbone_lr_factor: float = 0.1) -> None:
+        self.unfreeze_at_epoch = int(unfreeze_at_epoch)
+        self.backbone_lr_factor = float(backbone_lr_factor)
+
+    def apply(self, net: nn.Module) -> None:
+        FreezeBackbone().apply(net)
+
+    def callbacks(self) -> list[pl.Callback]:
+        return [_UnfreezeBackbone(self.unfreeze_at_epoch, self.backbone_lr_factor)]
+
+
+class _UnfreezeBackbone(BaseFinetuning):
+    def __init__(self, unfreeze_at_epoch: int, lr_factor: float) -> None:
+        super().__init__()
+        self.unfreeze_at_epoch = unfreeze_at_epoch
+        self.lr_factor = lr_factor
+
+    @staticmethod
+    def _backbone(pl_module: pl.LightningModule) -> list[nn.Module]:
+        head = head_of(pl_module.net)
+        return [m for m in parameter_layers(pl_module.net)
+                if m is not head and not any(m is h for h in head.modules())]
+
+    def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
+        self.freeze(self._backbone(pl_module), train_bn=False)
+
+    def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer) -> None:
+        if epoch == self.unfreeze_at_epoch:
+            lr = optimizer.param_groups[0]["lr"] * self.lr_factor
+            self.unfreeze_and_add_param_group(self._backbone(pl_module), optimizer, lr=lr,
+                                              train_bn=True)
+            log.info("epoch %d: backbone unfrozen with lr %.2e", epoch, lr)

@@ -1,0 +1,84 @@
+"""Freezing policies leave exactly the expected parameters trainable."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from ecg_experiments.data.beats import BeatsDataModule
+from ecg_experiments.errors import ConfigError
+from ecg_experiments.models.classifier import ClassifierModule
+from ecg_experiments.models.cnn1d import KachueeCNN1d
+from ecg_experiments.models.freezing import (
+    FreezeAllButLastN,
+    FreezeBackbone,
+    GradualUnfreezing,
+    NoFreezing,
+    count_trainable,
+)
+
+HEAD = (64 * 32 + 32) + (32 * 32 + 32) + (32 * 5 + 5)  # dense 64->32->32->5
+LAST_CONV = 32 * 32 * 5 + 32
+
+
+def _net() -> KachueeCNN1d:
+    return KachueeCNN1d(num_classes=5)
+
+
+def test_none_trains_everything() -> None:
+    net = _net()
+    NoFreezing().apply(net)
+    # stem 192 + 10 convs x 5,152 + head 3,301
+    assert count_trainable(net) == sum(p.numel() for p in net.parameters()) == 55_013
+
+
+def test_backbone_trains_only_the_head() -> None:
+    net = _net()
+    FreezeBackbone().apply(net)
+    assert count_trainable(net) == HEAD == 3_301
+    assert not net.stem.weight.requires_grad
+
+
+@pytest.mark.parametrize("n,expected", [(1, 32 * 5 + 5), (3, HEAD), (4, HEAD + LAST_CONV)])
+def test_last_n_layers(n: int, expected: int) -> None:
+    net = _net()
+    FreezeAllButLastN(n).apply(net)
+    assert count_trainable(net) == expected
+
+
+def test_last_n_out_of_range() -> None:
+    with pytest.raises(ConfigError, match="freeze.n=0"):
+        FreezeAllButLastN(0)
+    with pytest.raises(ConfigError, match="freeze.n=15 but KachueeCNN1d has only 14 layers"):
+        FreezeAllButLastN(15).apply(_net())
+
+
+def test_gradual_unfreezes_the_backbone_at_the_given_epoch(small_csv, tmp_path) -> None:
+    pl.seed_everything(0)
+    net = _net()
+    policy = GradualUnfreezing(unfreeze_at_epoch=1, backbone_lr_factor=0.1)
+    policy.apply(net)
+    stem_before = net.stem.weight.detach().clone()
+    module = ClassifierModule(net, list("NSVFQ"), optimizer=lambda p: torch.optim.Adam(p, 1e-3))
+
+    class Watch(pl.Callback):
+        stem_after_first_epoch = None
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 0:
+                Watch.stem_after_first_epoch = pl_module.net.stem.weight.detach().clone()
+
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, callbacks=[*policy.callbacks(), Watch()],
+                         default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=BeatsDataModule(str(small_csv), batch_size=32))
+    assert torch.equal(Watch.stem_after_first_epoch, stem_before)  # frozen in epoch 0
+    assert not torch.equal(net.stem.weight.detach(), stem_before)  # trained after epoch 1
+    groups = trainer.optimizers[0].param_groups
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(groups[0]["lr"] * 0.1)
+
+
+def test_grid_search_config_sweeps_unfrozen_layers(compose_train) -> None:
+    cfg = compose_train(["hparams_search=grid", "data=beats_csv", "data.train_file=x.csv"])
+    assert cfg.freeze._target_.endswith("FreezeAllButLastN")
