@@ -46,7 +46,7 @@ def mlflow_logger(
     if is_remote(tracking_uri):
         check_server(tracking_uri)
     if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite_store(tracking_uri, experiment_name, artifact_dir)
     if not is_remote(tracking_uri) and artifact_dir:
         Path(artifact_dir).mkdir(parents=True, exist_ok=True)
         artifact_location = Path(artifact_dir).resolve().as_uri()
@@ -58,6 +58,21 @@ def mlflow_logger(
         artifact_location=artifact_location,
         run_id=run_id,
     )
+
+
+def prepare_sqlite_store(tracking_uri: str, experiment_name: str,
+                         artifact_dir: str | None) -> None:
+    """Create the SQLite store and the experiment under a file lock.
+
+    MLflow creates its tables on first use; processes starting together (parallel sweep
+    jobs, several trainings) would race on that ("table ... already exists").
+    """
+    from filelock import FileLock
+
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(database) + ".lock", timeout=300):
+        get_or_create_experiment(mlflow.MlflowClient(tracking_uri), experiment_name, artifact_dir)
 
 
 def check_server(tracking_uri: str, timeout: float = 5.0) -> None:
@@ -111,7 +126,8 @@ class MlflowSweepCallback(Callback):
         if is_remote(uri):
             check_server(uri)
         elif uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            prepare_sqlite_store(uri, str(config.experiment_name),
+                                 config.logger.get("artifact_dir"))
         client = mlflow.MlflowClient(uri)
         experiment = get_or_create_experiment(client, str(config.experiment_name),
                                               config.logger.get("artifact_dir"))
@@ -200,10 +216,12 @@ def log_run_metadata(
     cfg: DictConfig,
     config_file: Path,
     tags: Mapping[str, str],
+    params: bool = True,
 ) -> None:
     """Log the flattened config as params, the tags, and the resolved config YAML."""
     client, run_id = logger.experiment, logger.run_id
-    logger.log_hyperparams(flatten_config(cfg))
+    if params:
+        logger.log_hyperparams(flatten_config(cfg))
     all_tags = {**git_info(), "command": " ".join(sys.argv)[:5000], **tags}
     for key, value in all_tags.items():
         client.set_tag(run_id, key, str(value))

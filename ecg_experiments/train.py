@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -128,6 +130,48 @@ def _callbacks(cfg: DictConfig, with_logger: bool) -> list[pl.Callback]:
     return callbacks
 
 
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def _resume_point(cfg: DictConfig, run_dir: Path) -> tuple[str | None, str | None]:
+    """The checkpoint to resume from and the MLflow run to continue, if any.
+
+    `resume=true` (or `ckpt_path=last`) resumes the run whose folder is this run's folder
+    (`hydra.run.dir=<that folder>`) from its last checkpoint, in the same MLflow run.
+    """
+    ckpt = cfg.get("ckpt_path")
+    if cfg.get("resume"):
+        ckpt = ckpt or "last"
+    if not ckpt:
+        return None, None
+    if ckpt == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(
+                f"resume=true: no checkpoint at {last}; resume inside the interrupted run's "
+                "folder with hydra.run.dir=<outputs/runs/DATE/TIME of that run>"
+            )
+        ckpt = str(last)
+    elif not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
+    id_file = run_dir / RUN_ID_FILE
+    return ckpt, (id_file.read_text().strip() if id_file.is_file() else None)
+
+
+def _on_interrupt(tracked: Any, run_dir: Path) -> None:
+    """Mark the MLflow run KILLED and print how to resume."""
+    if tracked is not None:
+        tracked.experiment.set_terminated(tracked.run_id, "KILLED")
+    overrides = []
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if not o.startswith(("hydra.run.dir=", "resume=", "ckpt_path="))]
+    command = " ".join(["python -m ecg_experiments.train", *overrides,
+                        f"hydra.run.dir={run_dir}", "resume=true"])
+    print(f"\nInterrupted. The last checkpoint is in {run_dir / 'checkpoints'}; resume with:\n"
+          f"  {command}", file=sys.stderr)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint and track one run; return its metrics.
 
@@ -138,11 +182,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     _check_accelerator(cfg)
     _set_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.run_dir)
+    resume_from, resume_run_id = _resume_point(cfg, run_dir)
     # the logger first: an unreachable tracking server fails before any data work
     logger = None
     if cfg.get("logger"):
-        logger = build(cfg.logger, tags=_sweep_tags(),
-                             run_name=cfg.logger.get("run_name") or _default_run_name())
+        logger = build(cfg.logger, tags=_sweep_tags(), run_id=resume_run_id,
+                       run_name=cfg.logger.get("run_name") or _default_run_name())
 
     datamodule: BeatsDataModuleBase = build(cfg.data)
     datamodule.prepare_data()
@@ -167,14 +213,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # under DDP every process runs this function; only rank 0 writes files and tracks
     tracked = logger if trainer.is_global_zero else None
 
-    run_dir = Path(cfg.paths.run_dir)
     if trainer.is_global_zero:
         files = _write_run_files(cfg, datamodule, run_dir)
     if tracked is not None:
         tags = choice_tags()
         tags.update({f"data.{k}": v for k, v in datamodule.fingerprint().items()})
         tags.update({str(k): str(v) for k, v in (cfg.get("tags") or {}).items()})
-        log_run_metadata(tracked, cfg, files["config"], tags)
+        if resume_from:
+            tags["resumed_from"] = resume_from
+        # params are immutable in MLflow: a resumed run keeps those it started with
+        log_run_metadata(tracked, cfg, files["config"], tags, params=resume_run_id is None)
+        (run_dir / RUN_ID_FILE).write_text(tracked.run_id)
         if "split" in files:
             tracked.experiment.log_artifact(tracked.run_id, str(files["split"]))
         if cfg.report.explore:
@@ -182,7 +231,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                          cfg.report.examples_per_class, cfg.seed)
             log_files(tracked, explore_files, "explore")
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    except SystemExit:
+        if trainer.interrupted:  # Ctrl-C: Lightning shut down and exits
+            _on_interrupt(tracked, run_dir)
+        raise
     history = [module.history[epoch] for epoch in sorted(module.history)]
 
     metrics: dict[str, float] = {}

@@ -89,6 +89,7 @@ def test_interrupted_trials_are_retried(tmp_path: Path) -> None:
         "fixed_params"] == stale.params
 
 
+@pytest.mark.slow  # 40 s of process start-up; `make test-all` runs it
 def test_joblib_launcher_runs_four_jobs_on_two_workers(small_csv, tmp_path) -> None:
     run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "data=beats_csv",
              f"data.train_file={small_csv}", "optimizer=adam,sgdm", "optimizer.lr=1e-3,1e-4",

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ecg_experiments.data.splits import split_table, stratified_split
 from ecg_experiments.errors import DataError
@@ -193,10 +193,20 @@ class BeatsDataModuleBase(pl.LightningDataModule):
         return np.bincount(self.labels(split), minlength=self.num_classes)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        sampler = None
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if shuffle and not distributed:
+            # An epoch-seeded shuffle (seed + epoch; Lightning calls set_epoch), so a run
+            # resumed from a checkpoint sees the same order as an uninterrupted one. Under DDP
+            # Lightning puts in its own DistributedSampler.
+            sampler = DistributedSampler(self.datasets[split], num_replicas=1, rank=0,
+                                         shuffle=True, seed=self.seed)
+            shuffle = False
         return DataLoader(
             self.datasets[split],
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -159,19 +159,14 @@ def assign_splits(
 ) -> dict[str, np.ndarray]:
     """Row indices of train/val/test for one split strategy (see MitbihDataModule)."""
     labels, records = table.beats.labels, table.records
+    fractions = {  # test first, then validation as a share of the rest
+        "train": (1 - test_fraction) * (1 - val_fraction),
+        "val": (1 - test_fraction) * val_fraction,
+        "test": test_fraction,
+    }
     if split == "random":
-        fractions = {
-            "train": (1 - test_fraction) * (1 - val_fraction),
-            "val": (1 - test_fraction) * val_fraction,
-            "test": test_fraction,
-        }
         return stratified_split(labels, fractions, seed, AAMI_CLASSES, "MIT-BIH beats")
     if split == "records":
-        fractions = {
-            "train": (1 - test_fraction) * (1 - val_fraction),
-            "val": (1 - test_fraction) * val_fraction,
-            "test": test_fraction,
-        }
         return grouped_split(records, fractions, seed, "MIT-BIH records")
     if split == "interpatient":
         in_ds1 = np.flatnonzero(np.isin(records, DS1))

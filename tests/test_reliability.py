@@ -1,0 +1,141 @@
+"""Determinism, crash and resume, Ctrl-C, and concurrent runs against one SQLite store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from ecg_experiments.config import PROJECT_ROOT
+from ecg_experiments.train import train
+from tests.conftest import FAST, all_runs
+
+# five real records (11k beats, every class), short epochs, deterministic on CPU
+MITBIH = ["data.records=[100,105,119,208,217]", "data.download=false", "trainer=cpu",
+          "trainer.deterministic=true", "trainer.max_epochs=3", "trainer.limit_train_batches=60",
+          "data.batch_size=32", "report.log_model=false", "report.bootstrap_rounds=0",
+          "callbacks.progress_bar=null", "callbacks.early_stopping.patience=10"]
+
+
+def _start(args: list[str], outputs: Path, run_dir: Path, mitdb: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ecg_experiments.train", *args, f"paths.mitdb_dir={mitdb}",
+         f"paths.outputs_dir={outputs}", f"hydra.run.dir={run_dir}"],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{outputs / 'mlflow.db'}",
+             "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"training ended before {path} appeared: {process.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)
+
+
+def _finish(process: subprocess.Popen, timeout: float = 400) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def _test_metrics(outputs: Path) -> dict[str, float]:
+    [run] = all_runs(outputs)
+    return {k: v for k, v in run.data.metrics.items() if k.startswith("test/")}
+
+
+def test_same_seed_same_metrics(compose_train, small_csv) -> None:
+    args = ["data=beats_csv", f"data.train_file={small_csv}", *FAST, "logger=none",
+            "trainer.deterministic=true", "report.bootstrap_rounds=100"]
+    first = train(compose_train(args))
+    second = train(compose_train(args))
+    assert first == second
+    assert len(first) > 26
+
+
+def test_killed_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_path) -> None:
+    from tests.conftest import shared_path
+
+    mitdb = shared_path("mitdb")
+    reference = _start(MITBIH, tmp_path / "ref", tmp_path / "ref" / "run", mitdb)
+    code, _, err = _finish(reference)
+    assert code == 0, err[-3000:]
+
+    outputs, run_dir = tmp_path / "crash", tmp_path / "crash" / "run"
+    victim = _start(MITBIH, outputs, run_dir, mitdb)
+    _wait_for(run_dir / "checkpoints" / "last.ckpt", victim)  # epoch 0 is done
+    time.sleep(0.5)  # well inside epoch 1
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    [crashed] = all_runs(outputs)
+    assert crashed.info.status == "RUNNING"  # nobody could close it
+
+    resumed = _start([*MITBIH, "resume=true"], outputs, run_dir, mitdb)
+    code, _, err = _finish(resumed)
+    assert code == 0, err[-3000:]
+    [run] = all_runs(outputs)  # no duplicate run
+    assert run.info.run_id == crashed.info.run_id and run.info.status == "FINISHED"
+    client = mlflow.MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
+    epochs = [m.value for m in client.get_metric_history(run.info.run_id, "epoch")
+              if m.key == "epoch"]
+    val_steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")]
+    assert len(set(val_steps)) == 3 and val_steps == sorted(val_steps), (val_steps, epochs)
+    assert _test_metrics(outputs) == _test_metrics(tmp_path / "ref")
+
+
+def test_ctrl_c_marks_the_run_killed_keeps_the_checkpoint_and_says_how_to_resume(
+    tmp_path,
+) -> None:
+    from tests.conftest import shared_path
+
+    outputs, run_dir = tmp_path / "out", tmp_path / "out" / "run"
+    process = _start([*MITBIH, "trainer.max_epochs=20"], outputs, run_dir, shared_path("mitdb"))
+    _wait_for(run_dir / "checkpoints" / "last.ckpt", process)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    code, _, err = _finish(process, timeout=120)
+    assert code != 0
+    [run] = all_runs(outputs)
+    assert run.info.status == "KILLED"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert f"hydra.run.dir={run_dir} resume=true" in err
+    assert "Traceback" not in err
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(compose_train, small_csv) -> None:
+    from ecg_experiments.errors import ConfigError
+
+    cfg = compose_train(["data=beats_csv", f"data.train_file={small_csv}", "resume=true"])
+    with pytest.raises(ConfigError, match=r"resume=true: no checkpoint at .*last\.ckpt"):
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_four_trainings_at_once_against_one_sqlite_store(small_csv, tmp_path) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ecg_experiments.train", "data=beats_csv",
+             f"data.train_file={small_csv}", *FAST, f"seed={i}",
+             f"paths.outputs_dir={tmp_path / str(i)}"],
+            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "MLFLOW_TRACKING_URI": store},
+        )
+        for i in range(4)
+    ]
+    errors = [p.communicate(timeout=600)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, [e[-1500:] for e in errors]
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert not any("database is locked" in e for e in errors)
