@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from sklearn.utils.class_weight import compute_class_weight
 
 from ecg_experiments.cli import exit_on_user_error
 from ecg_experiments.config import build, group_choice, to_container, validate_train_config
@@ -54,11 +55,11 @@ def _class_weights(cfg: DictConfig, datamodule: BeatsDataModuleBase) -> list[flo
     weights = cfg.loss.class_weights
     if weights is None:
         return None
-    if weights == "balanced":
-        counts = datamodule.class_counts("train").astype(np.float64)
-        present = counts > 0
-        result = np.zeros_like(counts)
-        result[present] = counts.sum() / (present.sum() * counts[present])
+    if weights == "balanced":  # n_samples / (n_classes * n_c) over the classes present
+        labels = datamodule.labels("train")
+        present = np.unique(labels)
+        result = np.zeros(datamodule.num_classes)
+        result[present] = compute_class_weight("balanced", classes=present, y=labels)
         return result.tolist()
     weights = list(weights)
     if len(weights) != datamodule.num_classes:

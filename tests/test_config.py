@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,3 +70,18 @@ def test_trainer_gpu_without_gpu_fails_clearly(compose_train) -> None:
     cfg = compose_train([*CSV, "trainer=gpu"])
     with pytest.raises(ConfigError, match=r"trainer=gpu .*needs a CUDA GPU"):
         train(cfg)
+
+
+def test_balanced_class_weights(compose_train, tmp_path) -> None:
+    from ecg_experiments.data.beats import BeatsDataModule, write_beats_csv
+    from ecg_experiments.train import _class_weights
+
+    labels = [0] * 60 + [1] * 20 + [2] * 20  # class 3 and 4 absent
+    path = tmp_path / "b.csv"
+    write_beats_csv(path, np.zeros((100, 187)), np.array(labels))
+    datamodule = BeatsDataModule(str(path), val_fraction=0.2, test_fraction=0.2)
+    datamodule.setup()
+    cfg = compose_train(["data=beats_csv", "data.train_file=x.csv", "loss.class_weights=balanced"])
+    weights = _class_weights(cfg, datamodule)
+    # training split: 36 / 12 / 12 -> 60 / (3 x count)
+    assert weights == pytest.approx([60 / (3 * 36), 60 / (3 * 12), 60 / (3 * 12), 0.0, 0.0])

@@ -60,7 +60,11 @@ def _gather(signal: np.ndarray, starts: np.ndarray, length: int) -> tuple[np.nda
 def _match_to_annotations(
     peaks: np.ndarray, beats: np.ndarray, tolerance: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each detected peak the nearest annotated beat within tolerance (one peak per beat)."""
+    """For each detected peak the nearest annotated beat within tolerance (one peak per beat).
+
+    Written here because wfdb.processing.compare_annotations is built to score a detector
+    (sensitivity, predictivity); labelling each detected beat needs its nearest annotation.
+    """
     if len(beats) == 0 or len(peaks) == 0:
         return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
     right = np.clip(np.searchsorted(beats, peaks), 0, len(beats) - 1)

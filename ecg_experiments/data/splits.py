@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from ecg_experiments.errors import DataError
 
@@ -81,31 +81,38 @@ def grouped_split(
 ) -> dict[str, np.ndarray]:
     """Split row indices so that no group (record, patient) is in two parts.
 
-    Whole groups are shuffled with the seed and dealt to the parts in order until each
-    holds its share of the groups (at least one group for a part with a share > 0).
+    `fractions` are shares of the groups; parts are carved in reverse order with
+    scikit-learn's GroupShuffleSplit (seeded), the first part keeping the remainder.
     """
     total = sum(fractions.values())
     if not np.isclose(total, 1.0) or any(f < 0 for f in fractions.values()):
         raise DataError(f"{source}: split fractions {fractions} must be >= 0 and sum to 1")
-    unique = np.unique(groups)
     wanted = [name for name, share in fractions.items() if share > 0]
-    if len(unique) < len(wanted):
+    if len(np.unique(groups)) < len(wanted):
         raise DataError(
-            f"{source}: {len(unique)} record(s) cannot fill {len(wanted)} record-disjoint "
-            f"splits ({', '.join(wanted)})"
+            f"{source}: {len(np.unique(groups))} record(s) cannot fill {len(wanted)} "
+            f"record-disjoint splits ({', '.join(wanted)})"
         )
-    shuffled = np.random.default_rng(seed).permutation(unique)
     names = list(fractions)
-    counts = {name: int(round(fractions[name] * len(unique))) for name in names}
-    for name in names[1:]:
-        if fractions[name] > 0:
-            counts[name] = max(counts[name], 1)
-    counts[names[0]] = len(unique) - sum(counts[name] for name in names[1:])
-    if counts[names[0]] < 1:
+    remaining = np.arange(len(groups))
+    remaining_share = 1.0
+    parts: dict[str, np.ndarray] = {}
+    for name in reversed(names[1:]):
+        share = fractions[name] / remaining_share
+        if share <= 0:
+            parts[name] = np.array([], dtype=np.int64)
+            continue
+        splitter = GroupShuffleSplit(n_splits=1, test_size=share, random_state=seed)
+        try:
+            keep, taken = next(splitter.split(remaining, groups=groups[remaining]))
+        except ValueError as err:
+            raise DataError(
+                f"{source}: cannot carve a record-disjoint {name!r} split: {err}"
+            ) from err
+        parts[name] = np.sort(remaining[taken])
+        remaining = remaining[keep]
+        remaining_share -= fractions[name]
+    if len(remaining) == 0:
         raise DataError(f"{source}: no record left for {names[0]!r} with fractions {fractions}")
-    parts, start = {}, 0
-    for name in names:
-        chosen = shuffled[start : start + counts[name]]
-        start += counts[name]
-        parts[name] = np.flatnonzero(np.isin(groups, chosen))
-    return parts
+    parts[names[0]] = np.sort(remaining)
+    return {name: parts[name] for name in names}

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 from sklearn.metrics import roc_auc_score
 
 from ecg_experiments.evaluation.metrics import per_class_table
@@ -29,9 +30,8 @@ class Report:
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(
-        num_classes, num_classes
-    )
+    """Counts [true, predicted] over all classes, also those absent from the data."""
+    return sklearn_confusion_matrix(y_true, y_pred, labels=list(range(num_classes)))
 
 
 def per_class_auroc(y_true: np.ndarray, probs: np.ndarray) -> list[float]:
