@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 
 from ecg_experiments.evaluation.metrics import classification_metrics
 
+AUX_LOSS_WEIGHT = 0.4  # Szegedy et al. 2016 (Inception v3)
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
@@ -67,8 +68,14 @@ class ClassifierModule(pl.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
-        loss = self.criterion(logits, y)
+        output = self(x)
+        if hasattr(output, "aux_logits"):  # Inception v3 in training: main + 0.4 x auxiliary
+            logits = output.logits
+            loss = self.criterion(logits, y) + AUX_LOSS_WEIGHT * self.criterion(
+                output.aux_logits, y)
+        else:
+            logits = output
+            loss = self.criterion(logits, y)
         probs = logits.detach().softmax(dim=-1)
         getattr(self, f"{stage}_metrics").update(probs, y)
         getattr(self, f"{stage}_loss").update(loss.detach(), weight=y.shape[0])

@@ -1,0 +1,127 @@
+"""Image backbones by name, with their head replaced for the task's classes.
+
+`build_backbone("alexnet" | "inception_v3" | "cnn2d" | "timm:<name>", num_classes, pretrained)`
+where `pretrained` is None (random init), "imagenet" (the library's download/cache: torchvision
+weights or timm's hub; no network here, so a missing cache is a clear error), or the path of
+a local weights file (.pth/.pt state dict or .safetensors) for the backbone without its head.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ecg_experiments.errors import ConfigError, DataError
+from ecg_experiments.models.cnn2d import SmallCNN2d
+
+log = logging.getLogger(__name__)
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ConfigError(f"model.net.pretrained={path}: no such weights file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DataError(f"{path}: not a loadable weights file ({err})") from err
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def load_local_weights(net: nn.Module, path: str | os.PathLike, skip: tuple[str, ...]) -> None:
+    """Copy weights from a local file; layers under `skip` (the new head) keep their init.
+
+    Every other tensor must be present with the same shape, else a DataError lists them.
+    """
+    state = _load_state_dict(Path(path))
+    own = net.state_dict()
+    wanted = {k: v for k, v in own.items() if not k.startswith(skip)}
+    missing = sorted(k for k in wanted if k not in state)
+    wrong = sorted(f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+                   for k, v in wanted.items() if k in state and state[k].shape != v.shape)
+    if missing or wrong:
+        raise DataError(
+            f"{path}: weights do not fit {type(net).__name__}: "
+            + "; ".join(filter(None, [
+                f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+                if missing else "",
+                f"wrong shape {', '.join(wrong[:5])}" if wrong else "",
+            ]))
+        )
+    net.load_state_dict({**own, **{k: state[k] for k in wanted}})
+    log.info("loaded %d tensors from %s", len(wanted), path)
+
+
+def _torchvision(name: str, pretrained: str | None) -> nn.Module:
+    import torchvision.models as tvm
+
+    weights = None
+    if pretrained == "imagenet":
+        weights = tvm.get_model_weights(name).DEFAULT
+    # torchvision's truncated-normal init of Inception takes seconds; PyTorch's default init
+    # is used instead (pretrained weights replace it anyway)
+    kwargs = {"aux_logits": True, "init_weights": False} if name == "inception_v3" else {}
+    try:
+        return tvm.get_model(name, weights=weights, **kwargs)
+    except OSError as err:  # URLError is an OSError: offline with nothing cached
+        raise ConfigError(
+            f"model.net.pretrained=imagenet: the {name} ImageNet weights are not cached "
+            f"({torch.hub.get_dir()}/checkpoints) and cannot be downloaded ({err}); download "
+            "them once where there is internet, or give a local file as model.net.pretrained"
+        ) from err
+
+
+def build_backbone(name: str, num_classes: int, pretrained: str | None = None,
+                   dropout: float = 0.5, in_channels: int = 3, input_size: int = 224) -> nn.Module:
+    """A classification network for `num_classes` (see the module docstring)."""
+    local = pretrained not in (None, "imagenet")
+    if name == "cnn2d":
+        net = SmallCNN2d(num_classes, in_channels, input_size, dropout=dropout)
+        head = ("head.4.",)  # the final linear layer
+    elif name == "alexnet":
+        net = _torchvision("alexnet", None if local else pretrained)
+        net.classifier[6] = nn.Linear(net.classifier[6].in_features, num_classes)
+        for index in (0, 3):
+            net.classifier[index].p = dropout
+        head = ("classifier.6.",)
+    elif name == "inception_v3":
+        net = _torchvision("inception_v3", None if local else pretrained)
+        net.dropout.p = dropout
+        net.fc = nn.Linear(net.fc.in_features, num_classes)
+        net.AuxLogits.fc = nn.Linear(net.AuxLogits.fc.in_features, num_classes)
+        head = ("fc.", "AuxLogits.fc.")
+    elif name.startswith("timm:"):
+        import timm
+
+        model_name = name.removeprefix("timm:")
+        try:
+            net = timm.create_model(model_name, pretrained=pretrained == "imagenet",
+                                    num_classes=num_classes, drop_rate=dropout,
+                                    in_chans=in_channels)
+        except RuntimeError as err:
+            raise ConfigError(f"model.net.name={name}: {err}") from err
+        except OSError as err:
+            raise ConfigError(
+                f"model.net.pretrained=imagenet: timm could not fetch {model_name} weights "
+                f"offline ({err}); give a local file as model.net.pretrained"
+            ) from err
+        classifier = net.get_classifier()
+        head = tuple(f"{n}." for n, m in net.named_modules() if m is classifier)
+    else:
+        raise ConfigError(
+            f"model.net.name={name!r}: expected alexnet, inception_v3, cnn2d or timm:<name>"
+        )
+    if local:
+        load_local_weights(net, pretrained, skip=head)
+    return net
