@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,42 @@ def _check_stratifiable(labels: np.ndarray, class_names: Sequence[str], source: 
             )
 
 
+def _carve(
+    n_rows: int,
+    fractions: dict[str, float],
+    source: str,
+    split_off: Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """Carve parts off the rows in reverse order; the first part keeps the remainder.
+
+    `split_off(rows, share)` returns (kept rows, taken rows) for a share of `rows`.
+    """
+    if not np.isclose(sum(fractions.values()), 1.0) or any(f < 0 for f in fractions.values()):
+        raise DataError(f"{source}: split fractions {fractions} must be >= 0 and sum to 1")
+    names = list(fractions)
+    remaining = np.arange(n_rows)
+    remaining_share = 1.0
+    parts: dict[str, np.ndarray] = {}
+    for name in reversed(names[1:]):
+        share = fractions[name] / remaining_share
+        if share <= 0:
+            parts[name] = np.array([], dtype=np.int64)
+            continue
+        try:
+            remaining, taken = split_off(remaining, share)
+        except ValueError as err:
+            raise DataError(
+                f"{source}: cannot carve a {name!r} split of {share:.0%} from "
+                f"{len(remaining)} rows: {err}"
+            ) from err
+        parts[name] = np.sort(taken)
+        remaining_share -= fractions[name]
+    if len(remaining) == 0:
+        raise DataError(f"{source}: nothing left for {names[0]!r} with fractions {fractions}")
+    parts[names[0]] = np.sort(remaining)
+    return {name: parts[name] for name in names}
+
+
 def stratified_split(
     labels: np.ndarray,
     fractions: dict[str, float],
@@ -34,35 +70,15 @@ def stratified_split(
     """Split row indices into named parts with the given fractions, stratified by label.
 
     `fractions` maps part name to its share of all rows and must sum to 1, e.g.
-    {"train": 0.7, "val": 0.15, "test": 0.15}. Parts are carved in reverse order so the
-    first part gets the remainder. Returns sorted index arrays.
+    {"train": 0.7, "val": 0.15, "test": 0.15}. Returns sorted index arrays.
     """
-    total = sum(fractions.values())
-    if not np.isclose(total, 1.0) or any(f < 0 for f in fractions.values()):
-        raise DataError(f"{source}: split fractions {fractions} must be >= 0 and sum to 1")
     _check_stratifiable(labels, class_names, source)
-    names = list(fractions)
-    remaining = np.arange(len(labels))
-    remaining_share = 1.0
-    parts: dict[str, np.ndarray] = {}
-    for name in reversed(names[1:]):
-        share = fractions[name] / remaining_share
-        if share <= 0:
-            parts[name] = np.array([], dtype=np.int64)
-            continue
-        try:
-            remaining, taken = train_test_split(
-                remaining, test_size=share, random_state=seed, stratify=labels[remaining]
-            )
-        except ValueError as err:
-            raise DataError(
-                f"{source}: cannot carve a stratified {name!r} split of {share:.0%} from "
-                f"{len(remaining)} rows: {err}"
-            ) from err
-        parts[name] = np.sort(taken)
-        remaining_share -= fractions[name]
-    parts[names[0]] = np.sort(remaining)
-    return {name: parts[name] for name in names}
+
+    def split_off(rows: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(train_test_split(rows, test_size=share, random_state=seed,
+                                      stratify=labels[rows]))
+
+    return _carve(len(labels), fractions, source, split_off)
 
 
 def split_table(parts: dict[str, np.ndarray], **columns: np.ndarray) -> pd.DataFrame:
@@ -81,38 +97,19 @@ def grouped_split(
 ) -> dict[str, np.ndarray]:
     """Split row indices so that no group (record, patient) is in two parts.
 
-    `fractions` are shares of the groups; parts are carved in reverse order with
-    scikit-learn's GroupShuffleSplit (seeded), the first part keeping the remainder.
+    `fractions` are shares of the groups, carved with scikit-learn's GroupShuffleSplit
+    (seeded).
     """
-    total = sum(fractions.values())
-    if not np.isclose(total, 1.0) or any(f < 0 for f in fractions.values()):
-        raise DataError(f"{source}: split fractions {fractions} must be >= 0 and sum to 1")
     wanted = [name for name, share in fractions.items() if share > 0]
     if len(np.unique(groups)) < len(wanted):
         raise DataError(
             f"{source}: {len(np.unique(groups))} record(s) cannot fill {len(wanted)} "
             f"record-disjoint splits ({', '.join(wanted)})"
         )
-    names = list(fractions)
-    remaining = np.arange(len(groups))
-    remaining_share = 1.0
-    parts: dict[str, np.ndarray] = {}
-    for name in reversed(names[1:]):
-        share = fractions[name] / remaining_share
-        if share <= 0:
-            parts[name] = np.array([], dtype=np.int64)
-            continue
+
+    def split_off(rows: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
         splitter = GroupShuffleSplit(n_splits=1, test_size=share, random_state=seed)
-        try:
-            keep, taken = next(splitter.split(remaining, groups=groups[remaining]))
-        except ValueError as err:
-            raise DataError(
-                f"{source}: cannot carve a record-disjoint {name!r} split: {err}"
-            ) from err
-        parts[name] = np.sort(remaining[taken])
-        remaining = remaining[keep]
-        remaining_share -= fractions[name]
-    if len(remaining) == 0:
-        raise DataError(f"{source}: no record left for {names[0]!r} with fractions {fractions}")
-    parts[names[0]] = np.sort(remaining)
-    return {name: parts[name] for name in names}
+        keep, taken = next(splitter.split(rows, groups=groups[rows]))
+        return rows[keep], rows[taken]
+
+    return _carve(len(groups), fractions, source, split_off)
