@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecg_experiments.data.splits import split_table, stratified_split
+from ecg_experiments.data.splits import grouped_split, split_table, stratified_split
 from ecg_experiments.errors import DataError
 
 
@@ -55,3 +55,11 @@ def test_split_table_lists_every_row_once() -> None:
     assert table["index"].tolist() == list(range(len(labels)))
     assert (table["label"].to_numpy() == labels).all()
     assert table["split"].value_counts().to_dict() == {"train": 800, "val": 200}
+
+
+def test_bad_fractions_are_reported_before_data_problems() -> None:
+    labels = np.array([0, 0, 0, 1])  # class 1 alone could not be stratified either
+    with pytest.raises(DataError, match="must be >= 0 and sum to 1"):
+        stratified_split(labels, {"train": 0.5, "val": 0.6}, 0)
+    with pytest.raises(DataError, match="must be >= 0 and sum to 1"):
+        grouped_split(np.array(["a", "b"]), {"train": 0.9, "test": 0.2}, 0)

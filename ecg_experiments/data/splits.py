@@ -24,6 +24,11 @@ def _check_stratifiable(labels: np.ndarray, class_names: Sequence[str], source: 
             )
 
 
+def _check_fractions(fractions: dict[str, float], source: str) -> None:
+    if not np.isclose(sum(fractions.values()), 1.0) or any(f < 0 for f in fractions.values()):
+        raise DataError(f"{source}: split fractions {fractions} must be >= 0 and sum to 1")
+
+
 def _carve(
     n_rows: int,
     fractions: dict[str, float],
@@ -34,8 +39,6 @@ def _carve(
 
     `split_off(rows, share)` returns (kept rows, taken rows) for a share of `rows`.
     """
-    if not np.isclose(sum(fractions.values()), 1.0) or any(f < 0 for f in fractions.values()):
-        raise DataError(f"{source}: split fractions {fractions} must be >= 0 and sum to 1")
     names = list(fractions)
     remaining = np.arange(n_rows)
     remaining_share = 1.0
@@ -72,6 +75,7 @@ def stratified_split(
     `fractions` maps part name to its share of all rows and must sum to 1, e.g.
     {"train": 0.7, "val": 0.15, "test": 0.15}. Returns sorted index arrays.
     """
+    _check_fractions(fractions, source)  # the options first, then the data
     _check_stratifiable(labels, class_names, source)
 
     def split_off(rows: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +104,7 @@ def grouped_split(
     `fractions` are shares of the groups, carved with scikit-learn's GroupShuffleSplit
     (seeded).
     """
+    _check_fractions(fractions, source)
     wanted = [name for name, share in fractions.items() if share > 0]
     if len(np.unique(groups)) < len(wanted):
         raise DataError(
