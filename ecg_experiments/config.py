@@ -21,16 +21,35 @@ def project_root() -> str:
     return os.environ.get("ECG_PROJECT_ROOT", str(PROJECT_ROOT))
 
 
+def timm_data_config(model_name: str, key: str) -> Any:
+    """`${ecg.timm:<model>,input_size|mean|std}`: from timm's pretrained config of a model."""
+    import timm
+
+    if not timm.is_model(model_name):
+        raise ConfigError(f"model.name={model_name!r}: not a timm model (see timm.list_models())")
+    pretrained = timm.get_pretrained_cfg(model_name)
+    if pretrained is None:
+        return {"input_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3}[key]
+    if key == "input_size":
+        return int(pretrained.input_size[-1])
+    if key not in ("mean", "std"):
+        raise ConfigError(f"ecg.timm:{model_name},{key}: expected input_size, mean or std")
+    return [float(v) for v in getattr(pretrained, key)]
+
+
 def register_resolvers() -> None:
-    """Register `${ecg.root:}`, `${ecg.window_length:b,a,rate}` and `${len:...}` (idempotent)."""
+    """Register `${ecg.root:}`, `${ecg.window_length:b,a,rate}`, `${ecg.timm:name,key}` and
+    `${len:...}` (idempotent)."""
     if not OmegaConf.has_resolver("ecg.root"):
         OmegaConf.register_new_resolver("ecg.root", project_root)
     if not OmegaConf.has_resolver("ecg.window_length"):
         from ecg_experiments.data.segment import window_length
 
         OmegaConf.register_new_resolver("ecg.window_length", window_length)
-    if not OmegaConf.has_resolver("len"):
-        OmegaConf.register_new_resolver("len", lambda seq: len(seq))
+    if not OmegaConf.has_resolver("ecg.timm"):
+        OmegaConf.register_new_resolver("ecg.timm", timm_data_config)
+    if not OmegaConf.has_resolver("len"):  # None while the classes come from the data
+        OmegaConf.register_new_resolver("len", lambda seq: None if seq is None else len(seq))
 
 
 def group_choice(group: str) -> str:

@@ -15,7 +15,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from ecg_experiments.cli import exit_on_user_error
 from ecg_experiments.config import build, to_container
-from ecg_experiments.data.beats import BeatsDataModuleBase
+from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.report import report_test_results
 from ecg_experiments.models.checkpoint import resolve_trained_model
@@ -25,7 +25,7 @@ from ecg_experiments.tracking import choice_tags, log_run_metadata
 log = logging.getLogger(__name__)
 
 
-def _holdout_loader(datamodule: BeatsDataModuleBase, holdout: str) -> DataLoader:
+def _holdout_loader(datamodule: ClassDataModule, holdout: str) -> DataLoader:
     if holdout == "test":
         return datamodule.test_dataloader()
     if holdout == "all":
@@ -40,7 +40,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     lookup_uri = cfg.logger.tracking_uri if cfg.get("logger") else cfg.paths.tracking_uri
     model, source_run = resolve_trained_model(cfg.get("ckpt"), cfg.get("run_id"), lookup_uri)
     data_cfg = cfg.data if cfg.get("data") else model.config.data
-    datamodule: BeatsDataModuleBase = build(data_cfg)
+    datamodule: ClassDataModule = build(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("test")
     if datamodule.num_classes != len(model.class_names):

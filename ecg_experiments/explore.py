@@ -16,14 +16,14 @@ from omegaconf import DictConfig
 
 from ecg_experiments.cli import exit_on_user_error
 from ecg_experiments.config import build
-from ecg_experiments.data.beats import BeatsDataModuleBase
+from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.evaluation.plots import plot_class_distribution, plot_example_beats
 
 log = logging.getLogger(__name__)
 
 
 def explore_data(
-    datamodule: BeatsDataModuleBase, out_dir: Path, examples_per_class: int = 5, seed: int = 0
+    datamodule: ClassDataModule, out_dir: Path, examples_per_class: int = 5, seed: int = 0
 ) -> dict[str, Path]:
     """Write the exploration figures and split table for a set-up DataModule."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,7 @@ def explore_data(
 @hydra.main(version_base="1.3", config_path="../conf", config_name="explore")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
-        datamodule: BeatsDataModuleBase = build(cfg.data)
+        datamodule: ClassDataModule = build(cfg.data)
         datamodule.prepare_data()
         datamodule.setup("fit")
         files = explore_data(datamodule, Path(cfg.paths.run_dir) / "explore",

@@ -13,20 +13,20 @@ from rich.table import Table
 
 from ecg_experiments.cli import exit_on_user_error
 from ecg_experiments.config import build
-from ecg_experiments.data.beats import BeatsDataModuleBase
+from ecg_experiments.data.base import ClassDataModule
 
 log = logging.getLogger(__name__)
 
 
-def prepare(cfg: DictConfig) -> BeatsDataModuleBase:
+def prepare(cfg: DictConfig) -> ClassDataModule:
     """Run the data config's preparation and split; return the set-up DataModule."""
-    datamodule: BeatsDataModuleBase = build(cfg.data)
+    datamodule: ClassDataModule = build(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
 
 
-def print_split_counts(datamodule: BeatsDataModuleBase) -> None:
+def print_split_counts(datamodule: ClassDataModule) -> None:
     """Beats per split and class."""
     view = Table(title="Beats per split and class")
     view.add_column("split")

@@ -207,7 +207,8 @@ def choice_tags() -> dict[str, str]:
     if not HydraConfig.initialized():
         return {}
     choices = HydraConfig.get().runtime.choices
-    return {f"choice.{k}": str(v) for k, v in choices.items()
+    # a group placed elsewhere ("render@data.source.renderer") is named by where it sits
+    return {f"choice.{k.split('@')[-1]}": str(v) for k, v in choices.items()
             if v is not None and not k.startswith("hydra")}
 
 

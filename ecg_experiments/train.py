@@ -15,13 +15,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from sklearn.utils.class_weight import compute_class_weight
 
 from ecg_experiments.cli import exit_on_user_error
 from ecg_experiments.config import build, group_choice, to_container, validate_train_config
-from ecg_experiments.data.beats import BeatsDataModuleBase
+from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.report import report_test_results
 from ecg_experiments.explore import explore_data
@@ -51,7 +51,7 @@ def _check_accelerator(cfg: DictConfig) -> None:
         )
 
 
-def _class_weights(cfg: DictConfig, datamodule: BeatsDataModuleBase) -> list[float] | None:
+def _class_weights(cfg: DictConfig, datamodule: ClassDataModule) -> list[float] | None:
     weights = cfg.loss.class_weights
     if weights is None:
         return None
@@ -70,7 +70,7 @@ def _class_weights(cfg: DictConfig, datamodule: BeatsDataModuleBase) -> list[flo
     return [float(w) for w in weights]
 
 
-def _write_run_files(cfg: DictConfig, datamodule: BeatsDataModuleBase, run_dir: Path) -> dict:
+def _write_run_files(cfg: DictConfig, datamodule: ClassDataModule, run_dir: Path) -> dict:
     """Save the resolved config and the split assignment in the run dir."""
     run_dir.mkdir(parents=True, exist_ok=True)
     files = {"config": run_dir / "config.yaml"}
@@ -191,10 +191,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger = build(cfg.logger, tags=_sweep_tags(), run_id=resume_run_id,
                        run_name=cfg.logger.get("run_name") or _default_run_name())
 
-    datamodule: BeatsDataModuleBase = build(cfg.data)
+    datamodule: ClassDataModule = build(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    net = instantiate(cfg.model.net)
+    if cfg.data.get("class_names") is None:  # found in the data (e.g. image folder names)
+        with open_dict(cfg):
+            cfg.data.class_names = list(datamodule.class_names)
+    net = build(cfg.model.net)
     freeze = build(cfg.freeze) if cfg.get("freeze") else NoFreezing()
     freeze.apply(net)
     module = ClassifierModule(

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import TensorDataset
 
+from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.data.splits import split_table, stratified_split
 from ecg_experiments.errors import DataError
 from ecg_experiments.io import atomic_path, sha256_file
@@ -135,11 +135,11 @@ def write_beats_csv(path: str | os.PathLike, signals: np.ndarray, labels: np.nda
         pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(include_header=False))
 
 
-class BeatsDataModuleBase(pl.LightningDataModule):
+class BeatsDataModuleBase(ClassDataModule):
     """Serves beat signals of shape [batch, 1, length] with integer labels.
 
     Subclasses load the arrays and assign them to splits in `load_splits`; this base turns
-    them into tensors once, serves the loaders and describes the split for tracking.
+    them into tensors once.
     """
 
     input_kind = "signal"
@@ -152,26 +152,11 @@ class BeatsDataModuleBase(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 42,
     ) -> None:
-        super().__init__()
-        self.class_names = list(class_names)
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = int(num_workers)
-        self.seed = int(seed)
-        self.datasets: dict[str, TensorDataset] = {}
-        self.split_frame: pd.DataFrame | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+        super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed)
 
     def load_splits(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], pd.DataFrame]:
         """Return {split: (signals [n, length], labels [n])} and a table of the assignment."""
         raise NotImplementedError
-
-    def fingerprint(self) -> dict[str, str]:
-        """Identifiers of the input data (e.g. file hashes) for tracking."""
-        return {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -181,45 +166,10 @@ class BeatsDataModuleBase(pl.LightningDataModule):
             x = torch.from_numpy(np.ascontiguousarray(signals, dtype=np.float32))
             if x.ndim == 2:
                 x = x.unsqueeze(1)
-            self.datasets[name] = TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
+            self.split_labels[name] = labels.astype(np.int64)
+            self.datasets[name] = TensorDataset(x, torch.from_numpy(self.split_labels[name]))
         counts = {name: len(ds) for name, ds in self.datasets.items()}
         log.info("beats per split: %s", counts)
-
-    def labels(self, split: str) -> np.ndarray:
-        """Integer labels of one split (after setup)."""
-        return self.datasets[split].tensors[1].numpy()
-
-    def class_counts(self, split: str) -> np.ndarray:
-        return np.bincount(self.labels(split), minlength=self.num_classes)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        sampler = None
-        distributed = self.trainer is not None and self.trainer.world_size > 1
-        if shuffle and not distributed:
-            # An epoch-seeded shuffle (seed + epoch; Lightning calls set_epoch), so a run
-            # resumed from a checkpoint sees the same order as an uninterrupted one. Under DDP
-            # Lightning puts in its own DistributedSampler.
-            sampler = DistributedSampler(self.datasets[split], num_replicas=1, rank=0,
-                                         shuffle=True, seed=self.seed)
-            shuffle = False
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 class BeatsDataModule(BeatsDataModuleBase):

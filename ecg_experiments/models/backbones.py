@@ -20,10 +20,12 @@ from ecg_experiments.models.cnn2d import SmallCNN2d
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SIZES = {"alexnet": 227, "inception_v3": 299, "cnn2d": 64}
+
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise ConfigError(f"model.net.pretrained={path}: no such weights file")
+        raise ConfigError(f"model.pretrained={path}: no such weights file")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -71,20 +73,30 @@ def _torchvision(name: str, pretrained: str | None) -> nn.Module:
         weights = tvm.get_model_weights(name).DEFAULT
     # torchvision's truncated-normal init of Inception takes seconds; PyTorch's default init
     # is used instead (pretrained weights replace it anyway)
-    kwargs = {"aux_logits": True, "init_weights": False} if name == "inception_v3" else {}
+    # and its own input re-normalisation is off: the model config's mean/std give the [-1, 1]
+    # inputs its weights expect, so images are normalised once
+    kwargs = ({"aux_logits": True, "init_weights": False, "transform_input": False}
+              if name == "inception_v3" else {})
     try:
         return tvm.get_model(name, weights=weights, **kwargs)
     except OSError as err:  # URLError is an OSError: offline with nothing cached
         raise ConfigError(
-            f"model.net.pretrained=imagenet: the {name} ImageNet weights are not cached "
-            f"({torch.hub.get_dir()}/checkpoints) and cannot be downloaded ({err}); download "
-            "them once where there is internet, or give a local file as model.net.pretrained"
+            f"model.pretrained=imagenet: the {name} ImageNet weights are not cached in "
+            f"{torch.hub.get_dir()}/checkpoints and cannot be downloaded ({err}); download "
+            "them once where there is internet (or copy the file there), or give a local "
+            "file as model.pretrained=<path>"
         ) from err
 
 
 def build_backbone(name: str, num_classes: int, pretrained: str | None = None,
                    dropout: float = 0.5, in_channels: int = 3, input_size: int = 224) -> nn.Module:
-    """A classification network for `num_classes` (see the module docstring)."""
+    """A classification network for `num_classes` (see the module docstring).
+
+    The network is tried once on a blank `input_size` image, so a size too small for its
+    pooling stages is a ConfigError here rather than a crash in the first batch.
+    """
+    if isinstance(pretrained, str) and pretrained.lower() in ("none", "null", ""):
+        pretrained = None
     local = pretrained not in (None, "imagenet")
     if name == "cnn2d":
         net = SmallCNN2d(num_classes, in_channels, input_size, dropout=dropout)
@@ -110,18 +122,36 @@ def build_backbone(name: str, num_classes: int, pretrained: str | None = None,
                                     num_classes=num_classes, drop_rate=dropout,
                                     in_chans=in_channels)
         except RuntimeError as err:
-            raise ConfigError(f"model.net.name={name}: {err}") from err
+            raise ConfigError(f"model.name={model_name}: {err}") from err
         except OSError as err:
             raise ConfigError(
-                f"model.net.pretrained=imagenet: timm could not fetch {model_name} weights "
-                f"offline ({err}); give a local file as model.net.pretrained"
+                f"model.pretrained=imagenet: timm could not fetch {model_name} weights "
+                f"({err}); put them in the Hugging Face cache (HF_HOME) where there is "
+                "internet, or give a local file as model.pretrained=<path>"
             ) from err
         classifier = net.get_classifier()
         head = tuple(f"{n}." for n, m in net.named_modules() if m is classifier)
     else:
         raise ConfigError(
-            f"model.net.name={name!r}: expected alexnet, inception_v3, cnn2d or timm:<name>"
+            f"model net {name!r}: expected alexnet, inception_v3, cnn2d or timm:<name>"
         )
     if local:
         load_local_weights(net, pretrained, skip=head)
+    _check_input_size(net, name, in_channels, input_size)
     return net
+
+
+def _check_input_size(net: nn.Module, name: str, in_channels: int, input_size: int) -> None:
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, in_channels, input_size, input_size))
+    except RuntimeError as err:
+        raise ConfigError(
+            f"model.input_size={input_size}: images of {input_size}x{input_size} are too "
+            f"small for {name} ({str(err).splitlines()[0]}); use a larger model.input_size "
+            f"(the usual size for {name} is {DEFAULT_SIZES.get(name, 224)})"
+        ) from err
+    finally:
+        net.train(was_training)

@@ -49,7 +49,9 @@ def load_trained_model(path: str | os.PathLike) -> TrainedModel:
             "checkpoint written by `python -m ecg_experiments.train`"
         )
     config = OmegaConf.create(checkpoint["ecg_config"])
-    net = instantiate(config.model.net)
+    # the checkpoint holds every weight: no ImageNet download or local weights file needed
+    net = instantiate(config.model.net, **({"pretrained": None}
+                                            if "pretrained" in config.model.net else {}))
     state = {
         key.removeprefix("net."): value
         for key, value in checkpoint["state_dict"].items()

@@ -1,0 +1,84 @@
+"""What every DataModule of the framework offers the training loop, reports and tracking."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+class ClassDataModule(pl.LightningDataModule):
+    """Labelled train/val/test datasets with their class names, split table and loaders.
+
+    Subclasses fill `datasets` ({split: Dataset of (input, label)}), `split_labels`
+    ({split: int labels}) and `split_frame` (one row per sample and its split) in `setup`.
+    `input_kind` ("signal" or "image") is checked against the model's before any work.
+    """
+
+    input_kind = "signal"
+
+    def __init__(
+        self,
+        class_names: Sequence[str] | None,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.class_names = list(class_names) if class_names is not None else []
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.datasets: dict[str, Dataset] = {}
+        self.split_labels: dict[str, np.ndarray] = {}
+        self.split_frame: pd.DataFrame | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def fingerprint(self) -> dict[str, str]:
+        """Identifiers of the input data (e.g. file hashes) for tracking."""
+        return {}
+
+    def labels(self, split: str) -> np.ndarray:
+        """Integer labels of one split (after setup)."""
+        return self.split_labels[split]
+
+    def class_counts(self, split: str) -> np.ndarray:
+        return np.bincount(self.labels(split), minlength=self.num_classes)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        sampler = None
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if shuffle and not distributed:
+            # An epoch-seeded shuffle (seed + epoch; Lightning calls set_epoch), so a run
+            # resumed from a checkpoint sees the same order as an uninterrupted one. Under DDP
+            # Lightning puts in its own DistributedSampler.
+            sampler = DistributedSampler(self.datasets[split], num_replicas=1, rank=0,
+                                         shuffle=True, seed=self.seed)
+            shuffle = False
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,380 @@
+"""Image classification data: class folders of PNG/JPEG/BMP files and their DataModule."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from ecg_experiments.data.base import ClassDataModule
+from ecg_experiments.data.render import RenderedBeats
+from ecg_experiments.data.splits import grouped_split, split_table, stratified_split
+from ecg_experiments.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+SPLITS = ("auto", "stratified", "records", "given")
+GIVEN = ("train", "val", "test")
+
+
+@dataclass
+class ImageAugment:
+    """Train-time augmentation (torchvision transforms v2); 0 or None turns a step off.
+
+    rotation: random rotation up to ± degrees (the seed studies' augmentation);
+    resized_crop_scale: [min, max] area of a random resized crop;
+    translate / scale: a small random affine (fraction of the size / [min, max] zoom);
+    brightness / contrast: colour jitter strengths.
+    """
+
+    rotation: float = 10.0
+    resized_crop_scale: Sequence[float] | None = None
+    translate: float = 0.0
+    scale: Sequence[float] | None = None
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+    def transforms(self, size: int) -> list[v2.Transform]:
+        steps: list[v2.Transform] = []
+        if self.resized_crop_scale:
+            steps.append(v2.RandomResizedCrop(size, scale=tuple(self.resized_crop_scale),
+                                              antialias=True))
+        if self.rotation:
+            steps.append(v2.RandomRotation(self.rotation))
+        if self.translate or self.scale:
+            steps.append(v2.RandomAffine(0, translate=(self.translate,) * 2 if self.translate
+                                         else None, scale=tuple(self.scale) if self.scale
+                                         else None))
+        if self.brightness or self.contrast:
+            steps.append(v2.ColorJitter(brightness=self.brightness, contrast=self.contrast))
+        return steps
+
+
+def image_transform(
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: ImageAugment | None = None,
+) -> v2.Compose:
+    """PIL image → normalised float tensor [C, size, size]; with `augment` for training."""
+    steps: list[v2.Transform] = [v2.ToImage(), v2.Resize((image_size, image_size),
+                                                          antialias=True)]
+    if augment is not None:
+        steps += augment.transforms(image_size)
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)
+
+
+def load_image(path: Path, channels: int) -> Image.Image:
+    """Decode an image file to RGB (channels=3) or grey (channels=1); DataError if corrupt."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I", "F"):  # 16-bit or float grey: scale to 8 bits
+                values = np.asarray(image, dtype=np.float64)
+                span = max(float(values.max() - values.min()), 1e-12)
+                image = Image.fromarray(((values - values.min()) / span * 255).astype(np.uint8))
+            return image.convert("RGB" if channels == 3 else "L")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: not a readable image ({err})") from err
+
+
+class ImageFiles(Dataset):
+    """(image tensor, label) pairs from a list of files."""
+
+    def __init__(self, paths: Sequence[Path], labels: np.ndarray, transform: v2.Compose,
+                 channels: int = 3) -> None:
+        self.paths = list(paths)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.transform = transform
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = load_image(self.paths[index], self.channels)
+        return self.transform(image), self.labels[index]
+
+
+def _check_file(path: Path) -> tuple[str, str | None]:
+    """(SHA-256 of the bytes, None) or (hash, error) when the image does not decode."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        return digest, str(err) or type(err).__name__
+    return digest, None
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _components(*keys: np.ndarray) -> np.ndarray:
+    """Group id per row: rows sharing a value in any key column are in one group."""
+    n = len(keys[0])
+    rows, cols = [], []
+    for key in keys:
+        _, first = np.unique(key, return_inverse=True)
+        anchor = np.zeros(first.max() + 1 if n else 0, dtype=np.int64)
+        anchor[first[::-1]] = np.arange(n)[::-1]  # the first row holding each value
+        rows.append(np.arange(n))
+        cols.append(anchor[first])
+    graph = coo_matrix((np.ones(n * len(keys)), (np.concatenate(rows), np.concatenate(cols))),
+                       shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+class ImageDataModule(ClassDataModule):
+    """Images in class folders (`data=image_folder`, and the rendered beat-image datasets).
+
+    `root` holds one folder per class, or `train/`, `val/`, `test/` each holding the class
+    folders (used as given; with no `val/`, validation is carved from `train/`). Splits
+    (`split`): auto (given when `root/train` exists, else stratified), stratified (seeded,
+    `val_fraction` and `test_fraction` of the images), records (no group in two splits; the
+    group is the first capture of `group_regex` in the file name, e.g. the MIT-BIH record),
+    given. Exact duplicates (same SHA-256) always share a split. The split is saved as a
+    file list (`split_frame`, written to the run folder and MLflow).
+
+    Class names are the sorted folder names unless `class_names` lists them (in label
+    order). A file that does not decode is a DataError naming it, or is skipped with a
+    warning when `skip_bad_images`. With `source` (a RenderedBeats) and no root, the images
+    are rendered from MIT-BIH in `prepare_data` when missing.
+    """
+
+    input_kind = "image"
+
+    def __init__(
+        self,
+        root: str | None = None,
+        class_names: Sequence[str] | None = None,
+        split: str = "auto",
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        group_regex: str | None = None,
+        image_size: int = 224,
+        channels: int = 3,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        augment: ImageAugment | None = None,
+        max_per_class: int | None = None,
+        skip_bad_images: bool = False,
+        source: RenderedBeats | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed)
+        if split not in SPLITS:
+            raise ConfigError(f"data.split={split!r}: expected one of {', '.join(SPLITS)}")
+        if split == "records" and not group_regex:
+            raise ConfigError("data.split=records needs data.group_regex (the record id in "
+                              "each file name, e.g. '^([^_]+)_')")
+        if root is None and source is None:
+            raise ConfigError("data.root: expected the folder of class folders (data.root=...)")
+        if channels not in (1, 3):
+            raise ConfigError(f"data.channels={channels}: expected 1 (grey) or 3 (RGB)")
+        if len(mean) != channels or len(std) != channels:
+            raise ConfigError(f"data.mean / data.std: expected {channels} values each")
+        self.root = Path(root) if root is not None else None
+        self.split = split
+        self.val_fraction = float(val_fraction)
+        self.test_fraction = float(test_fraction)
+        self.group_regex = re.compile(group_regex) if group_regex else None
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        self.mean, self.std = list(mean), list(std)
+        self.augment = augment
+        self.max_per_class = None if max_per_class is None else int(max_per_class)
+        self.skip_bad_images = bool(skip_bad_images)
+        self.source = source
+        self.files: pd.DataFrame | None = None
+
+    # -- discovery ------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.root is None and self.source is not None:
+            self.root = self.source.ensure()
+
+    @property
+    def prepared_path(self) -> Path | None:
+        return self.root
+
+    def _class_folders(self, folder: Path) -> dict[str, Path]:
+        found = {p.name: p for p in sorted(folder.iterdir()) if p.is_dir()}
+        if not self.class_names:
+            if not found:
+                raise DataError(f"{folder}: no class folders (expected <class>/<image files>)")
+            return found
+        missing = [name for name in self.class_names if name not in found]
+        if missing:
+            raise DataError(
+                f"{folder}: no folder for class(es) {', '.join(missing)} (data.class_names="
+                f"{self.class_names}; found {', '.join(found) or 'no folders'})"
+            )
+        ignored = sorted(set(found) - set(self.class_names))
+        if ignored:
+            log.warning("%s: folders not in data.class_names are ignored: %s", folder,
+                        ", ".join(ignored))
+        return {name: found[name] for name in self.class_names}
+
+    def _scan(self) -> pd.DataFrame:
+        """One row per image: path, label, given split (if any), SHA-256."""
+        root = self.root
+        if root is None or not root.is_dir():
+            raise DataError(f"data.root={root}: no such folder (expected class folders of "
+                            f"{', '.join(IMAGE_EXTENSIONS)} images)")
+        given = root / "train"
+        use_given = self.split == "given" or (self.split == "auto" and given.is_dir())
+        if self.split == "given" and not given.is_dir():
+            raise DataError(f"{root}: data.split=given needs {given}/<class>/ folders")
+        parts = [p for p in GIVEN if (root / p).is_dir()] if use_given else [None]
+        if use_given and "test" not in parts:
+            raise DataError(f"{root}: given splits need train/ and test/ folders (val/ is "
+                            "optional)")
+        top = root / parts[0] if use_given else root
+        folders = self._class_folders(top)
+        if not self.class_names:
+            self.class_names = list(folders)
+        rows = []
+        for part in parts:
+            base = root / part if part else root
+            for label, name in enumerate(self.class_names):
+                folder = base / name
+                files = _images_in(folder) if folder.is_dir() else []
+                if not files and (part in (None, "train")):
+                    raise DataError(
+                        f"{folder}: class {name!r} has no images (expected "
+                        f"{', '.join(IMAGE_EXTENSIONS)} files)"
+                    )
+                rows += [(path, label, part) for path in files]
+        frame = pd.DataFrame(rows, columns=["path", "label", "given"])
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            checked = list(pool.map(_check_file, frame["path"]))
+        frame["sha256"] = [digest for digest, _ in checked]
+        errors = [(path, error) for path, (_, error) in zip(frame["path"], checked, strict=True)
+                  if error]
+        if errors:
+            if not self.skip_bad_images:
+                path, error = errors[0]
+                more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+                raise DataError(f"{path}: not a readable image ({error}){more}; remove it or "
+                                "set data.skip_bad_images=true")
+            bad = {str(path) for path, _ in errors}
+            log.warning("skipped %d unreadable image(s), e.g. %s", len(errors), errors[0][0])
+            frame = frame[~frame["path"].astype(str).isin(bad)].reset_index(drop=True)
+        self.skipped_images = len(errors)
+        return self._cap(frame)
+
+    def _cap(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """At most `max_per_class` images per class (and given split), seeded."""
+        if self.max_per_class is None:
+            return frame
+        keys = frame["given"].fillna("") + "/" + frame["label"].astype(str)
+        keep = (frame.groupby(keys, group_keys=False)
+                .apply(lambda g: g.sample(min(len(g), self.max_per_class),
+                                          random_state=self.seed)).index)
+        return frame.loc[np.sort(keep)].reset_index(drop=True)
+
+    # -- splitting ------------------------------------------------------------------------
+    def _record_of(self, paths: pd.Series) -> np.ndarray:
+        assert self.group_regex is not None
+        names = [Path(p).name for p in paths]
+        found = [self.group_regex.search(name) for name in names]
+        bad = [name for name, match in zip(names, found, strict=True) if match is None]
+        if bad:
+            raise DataError(f"{paths.iloc[names.index(bad[0])]}: data.group_regex="
+                            f"{self.group_regex.pattern!r} finds no record id in the file name")
+        return np.array([m.group(1) if m.groups() else m.group(0) for m in found])
+
+    def _assign(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Row indices per split; duplicates (and records, if grouped) never straddle."""
+        source = str(self.root)
+        if frame["given"].notna().all():
+            parts = {p: np.flatnonzero(frame["given"].to_numpy() == p) for p in GIVEN}
+            if len(parts["val"]) == 0:  # no val/ folder: carve validation from train/
+                train = parts["train"]
+                inner = self._grouped_stratified(
+                    frame.iloc[train], {"train": 1 - self.val_fraction,
+                                        "val": self.val_fraction}, f"{source}/train")
+                parts["train"], parts["val"] = train[inner["train"]], train[inner["val"]]
+            return parts
+        fractions = {"train": 1 - self.val_fraction - self.test_fraction,
+                     "val": self.val_fraction, "test": self.test_fraction}
+        if self.split == "records":
+            groups = _components(frame["sha256"].to_numpy(), self._record_of(frame["path"]))
+            return grouped_split(groups, fractions, self.seed, f"{source} records")
+        return self._grouped_stratified(frame, fractions, source)
+
+    def _grouped_stratified(self, frame: pd.DataFrame, fractions: dict[str, float],
+                            source: str) -> dict[str, np.ndarray]:
+        """Stratified split of duplicate groups (one representative each), then expanded."""
+        groups = _components(frame["sha256"].to_numpy())
+        _, first = np.unique(groups, return_index=True)
+        labels = frame["label"].to_numpy()
+        chosen = stratified_split(labels[first], fractions, self.seed, self.class_names, source)
+        group_part = {}
+        for part, rows in chosen.items():
+            group_part.update(dict.fromkeys(groups[first[rows]].tolist(), part))
+        part_of = np.array([group_part[g] for g in groups.tolist()])
+        return {part: np.flatnonzero(part_of == part) for part in fractions}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.prepare_data()
+        frame = self._scan()
+        duplicated = frame["sha256"].duplicated(keep=False)
+        self.duplicate_images = int(frame["sha256"].duplicated().sum())
+        if self.duplicate_images:
+            log.warning("%d image(s) are exact duplicates of another; each set of duplicates is "
+                        "kept in one split", self.duplicate_images)
+        parts = self._assign(frame)
+        eval_transform = image_transform(self.image_size, self.mean, self.std)
+        train_transform = image_transform(self.image_size, self.mean, self.std, self.augment)
+        for name, rows in parts.items():
+            labels = frame["label"].to_numpy()[rows]
+            self.split_labels[name] = labels.astype(np.int64)
+            self.datasets[name] = ImageFiles(
+                frame["path"].to_numpy()[rows], labels,
+                train_transform if name == "train" else eval_transform, self.channels)
+        root = self.root
+        relative = [str(Path(p).relative_to(root)) for p in frame["path"]]
+        self.split_frame = split_table(parts, path=np.array(relative),
+                                       label=frame["label"].to_numpy(),
+                                       sha256=frame["sha256"].to_numpy(),
+                                       duplicate=duplicated.to_numpy())
+        self.files = frame
+        log.info("images per split: %s", {n: len(d) for n, d in self.datasets.items()})
+
+    def paths(self, split: str) -> list[Path]:
+        """The image files of one split (after setup)."""
+        return list(self.datasets[split].paths)  # type: ignore[attr-defined]
+
+    def fingerprint(self) -> dict[str, str]:
+        info = {"root": str(self.root)}
+        if self.files is not None:
+            listing = "\n".join(sorted(self.files["sha256"]))
+            info["images.sha256"] = hashlib.sha256(listing.encode()).hexdigest()
+            info["images"] = str(len(self.files))
+            info["duplicates"] = str(self.duplicate_images)
+            info["skipped_bad_images"] = str(self.skipped_images)
+        return info
