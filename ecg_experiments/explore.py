@@ -1,7 +1,8 @@
 """Look at a dataset before training: `python -m ecg_experiments.explore [data=...]`.
 
-Writes a class-distribution chart (bars per split and a pie), example beats per class and a
-table of split sizes per class.
+Writes a class-distribution chart (bars per split and a pie), example beats (or images) per
+class and a table of split sizes per class. Image datasets take their size from a model
+config when one is given (`+model=alexnet`), else 224 pixels.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from omegaconf import DictConfig
 from ecg_experiments.cli import exit_on_user_error
 from ecg_experiments.config import build
 from ecg_experiments.data.base import ClassDataModule
-from ecg_experiments.evaluation.plots import plot_class_distribution, plot_example_beats
+from ecg_experiments.evaluation.plots import (
+    plot_class_distribution,
+    plot_example_beats,
+    plot_example_images,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +41,18 @@ def explore_data(
     files["class_distribution"] = plot_class_distribution(
         counts, names, out_dir / "class_distribution.png"
     )
-    signals, labels = datamodule.datasets["train"].tensors
-    files["example_beats"] = plot_example_beats(
-        signals.numpy(), labels.numpy(), names, out_dir / "example_beats.png",
-        per_class=examples_per_class, seed=seed,
-    )
+    labels = datamodule.labels("train")
+    if datamodule.input_kind == "image":
+        files["example_images"] = plot_example_images(
+            datamodule.paths("train"), labels, names, out_dir / "example_images.png",
+            per_class=examples_per_class, seed=seed,
+        )
+    else:
+        signals = datamodule.datasets["train"].tensors[0]
+        files["example_beats"] = plot_example_beats(
+            signals.numpy(), labels, names, out_dir / "example_beats.png",
+            per_class=examples_per_class, seed=seed,
+        )
     log.info("split sizes per class:\n%s", sizes.to_string())
     return files
 

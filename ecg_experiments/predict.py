@@ -1,7 +1,10 @@
-"""Classify new beats with a saved model: `python -m ecg_experiments.predict ... input=<path>`.
+"""Classify new beats or images with a saved model: `python -m ecg_experiments.predict ...
+input=<path>`.
 
-Inputs: a Kaggle-format beats CSV (label column optional) or a raw WFDB record; the beats
-of a record are made with the preprocessing stored with the model (lead, recipe).
+Inputs for a signal model: a Kaggle-format beats CSV (label column optional) or a raw WFDB
+record; the beats of a record are made with the preprocessing stored with the model (lead,
+recipe). For an image model: an image file or a folder of them (class subfolders give the
+true class), resized and normalised as the model was evaluated.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ecg_experiments.cli import exit_on_user_error
 from ecg_experiments.data.beats import read_beats_csv
+from ecg_experiments.data.images import IMAGE_EXTENSIONS, ImageFiles, image_transform
 from ecg_experiments.data.physionet import read_record
 from ecg_experiments.data.segment import KachueeRecipe
 from ecg_experiments.errors import DataError
@@ -62,9 +67,44 @@ def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataF
     return beats.signals, info
 
 
-def load_inputs(path: str | Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataFrame]:
-    """Beat signals [n, length] and a table describing each (row, record, true class...)."""
+def _image_inputs(path: Path, model: TrainedModel) -> tuple[Dataset, pd.DataFrame]:
+    """Images of a file or folder, preprocessed as in the model's evaluation.
+
+    In a folder whose subfolders are named after the model's classes, the folder name is
+    taken as the true class.
+    """
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*")
+                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    elif path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+        files = [path]
+    else:
+        raise DataError(f"input={path}: expected an image file ({', '.join(IMAGE_EXTENSIONS)}) "
+                        "or a folder of images for this image model")
+    data = model.config.data
+    transform = image_transform(int(data.image_size), list(data.mean), list(data.std))
+    info = pd.DataFrame({"file": [str(f) for f in files]})
+    if path.is_dir():
+        folders = [f.relative_to(path).parts[0] if len(f.relative_to(path).parts) > 1 else ""
+                   for f in files]
+        if any(name in model.class_names for name in folders):
+            info["true"] = [name if name in model.class_names else "" for name in folders]
+    dataset = ImageFiles(files, np.full(len(files), -1), transform, int(data.get("channels", 3)))
+    return dataset, info
+
+
+def load_inputs(path: str | Path, model: TrainedModel) -> tuple[Dataset, pd.DataFrame]:
+    """The model's inputs as a Dataset (beats [1, length] or images [C, H, W]) and a table
+    describing each (row or file, record, true class...)."""
     path = Path(path)
+    if model.config.model.get("input_kind") == "image":
+        return _image_inputs(path, model)
+    signals, info = _signal_inputs(path, model)
+    x = torch.from_numpy(np.ascontiguousarray(signals, dtype=np.float32)).unsqueeze(1)
+    return TensorDataset(x), info
+
+
+def _signal_inputs(path: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataFrame]:
     if path.suffix.lower() == ".csv":
         length = int(model.config.data.get("signal_length", 187))
         signals, labels = read_beats_csv(path, length, model.class_names, labelled=None)
@@ -81,22 +121,22 @@ def load_inputs(path: str | Path, model: TrainedModel) -> tuple[np.ndarray, pd.D
     )
 
 
-def predict_probabilities(net: torch.nn.Module, signals: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_probabilities(net: torch.nn.Module, inputs: Dataset, batch_size: int) -> np.ndarray:
     """Class probabilities [n, classes] in batches, without gradients."""
     net.eval()
-    x = torch.from_numpy(np.ascontiguousarray(signals, dtype=np.float32)).unsqueeze(1)
     with torch.no_grad():
-        parts = [net(batch).softmax(dim=-1) for batch in torch.split(x, batch_size)]
+        parts = [net(batch[0]).softmax(dim=-1)
+                 for batch in DataLoader(inputs, batch_size=batch_size)]
     return torch.cat(parts).numpy()
 
 
 def predict(cfg: DictConfig) -> pd.DataFrame:
     """Predict every beat of `cfg.input`; write the CSV to `cfg.output` and return it."""
     model, _ = resolve_trained_model(cfg.get("ckpt"), cfg.get("run_id"), cfg.paths.tracking_uri)
-    signals, frame = load_inputs(cfg.input, model)
-    if len(signals) == 0:
-        raise DataError(f"input={cfg.input}: no beats found")
-    probs = predict_probabilities(model.net, signals, int(cfg.batch_size))
+    inputs, frame = load_inputs(cfg.input, model)
+    if len(inputs) == 0:
+        raise DataError(f"input={cfg.input}: no beats or images found")
+    probs = predict_probabilities(model.net, inputs, int(cfg.batch_size))
     frame["predicted"] = [model.class_names[k] for k in probs.argmax(axis=1)]
     for k, name in enumerate(model.class_names):
         frame[f"prob_{name}"] = probs[:, k]
@@ -108,7 +148,8 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
 
 
 def print_summary(frame: pd.DataFrame, class_names: list[str], output: Path) -> None:
-    view = Table(title=f"{len(frame):,} beats predicted")
+    what = "images" if "file" in frame else "beats"
+    view = Table(title=f"{len(frame):,} {what} predicted")
     view.add_column("class")
     view.add_column("predicted", justify="right")
     has_truth = "true" in frame and (frame["true"] != "").any()

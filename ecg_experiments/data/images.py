@@ -54,7 +54,8 @@ class ImageAugment:
             steps.append(v2.RandomResizedCrop(size, scale=tuple(self.resized_crop_scale),
                                               antialias=True))
         if self.rotation:
-            steps.append(v2.RandomRotation(self.rotation))
+            steps.append(v2.RandomRotation(self.rotation,
+                                            interpolation=v2.InterpolationMode.BILINEAR))
         if self.translate or self.scale:
             steps.append(v2.RandomAffine(0, translate=(self.translate,) * 2 if self.translate
                                          else None, scale=tuple(self.scale) if self.scale

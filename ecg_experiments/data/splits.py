@@ -37,30 +37,33 @@ def _carve(
 ) -> dict[str, np.ndarray]:
     """Carve parts off the rows in reverse order; the first part keeps the remainder.
 
-    `split_off(rows, share)` returns (kept rows, taken rows) for a share of `rows`.
+    `split_off(rows, fraction)` returns (kept rows, taken rows), taking `fraction` of all
+    units (rows or groups) out of `rows`.
     """
     names = list(fractions)
     remaining = np.arange(n_rows)
-    remaining_share = 1.0
     parts: dict[str, np.ndarray] = {}
     for name in reversed(names[1:]):
-        share = fractions[name] / remaining_share
-        if share <= 0:
+        if fractions[name] <= 0:
             parts[name] = np.array([], dtype=np.int64)
             continue
         try:
-            remaining, taken = split_off(remaining, share)
+            remaining, taken = split_off(remaining, fractions[name])
         except ValueError as err:
             raise DataError(
-                f"{source}: cannot carve a {name!r} split of {share:.0%} from "
+                f"{source}: cannot carve a {name!r} split of {fractions[name]:.0%} from "
                 f"{len(remaining)} rows: {err}"
             ) from err
         parts[name] = np.sort(taken)
-        remaining_share -= fractions[name]
     if len(remaining) == 0:
         raise DataError(f"{source}: nothing left for {names[0]!r} with fractions {fractions}")
     parts[names[0]] = np.sort(remaining)
     return {name: parts[name] for name in names}
+
+
+def _units(fraction: float, total: int) -> int:
+    """Whole units for a fraction of `total`, rounded (30 of 200 for 0.15), at least 1."""
+    return max(1, int(round(fraction * total)))
 
 
 def stratified_split(
@@ -78,9 +81,9 @@ def stratified_split(
     _check_fractions(fractions, source)  # the options first, then the data
     _check_stratifiable(labels, class_names, source)
 
-    def split_off(rows: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
-        return tuple(train_test_split(rows, test_size=share, random_state=seed,
-                                      stratify=labels[rows]))
+    def split_off(rows: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(train_test_split(rows, test_size=_units(fraction, len(labels)),
+                                      random_state=seed, stratify=labels[rows]))
 
     return _carve(len(labels), fractions, source, split_off)
 
@@ -112,8 +115,11 @@ def grouped_split(
             f"record-disjoint splits ({', '.join(wanted)})"
         )
 
-    def split_off(rows: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
-        splitter = GroupShuffleSplit(n_splits=1, test_size=share, random_state=seed)
+    n_groups = len(np.unique(groups))
+
+    def split_off(rows: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        splitter = GroupShuffleSplit(n_splits=1, test_size=_units(fraction, n_groups),
+                                     random_state=seed)
         keep, taken = next(splitter.split(rows, groups=groups[rows]))
         return rows[keep], rows[taken]
 

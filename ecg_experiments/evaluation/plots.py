@@ -113,3 +113,24 @@ def plot_example_beats(signals: np.ndarray, labels: np.ndarray, class_names: Seq
         ax.set_title(f"{name} (n={len(index):,})")
         ax.set_xlabel("sample")
     return _save(fig, path)
+
+
+def plot_example_images(paths: Sequence[Path], labels: np.ndarray, class_names: Sequence[str],
+                        path: Path, per_class: int = 5, seed: int = 0) -> Path:
+    """A few random images of every class: one row per class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(class_names), per_class, squeeze=False,
+                             figsize=(1.6 * per_class, 1.6 * len(class_names)))
+    for k, name in enumerate(class_names):
+        index = np.flatnonzero(labels == k)
+        chosen = rng.choice(index, size=min(per_class, len(index)), replace=False)
+        for j, ax in enumerate(axes[k]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(chosen):
+                with Image.open(paths[chosen[j]]) as image:
+                    ax.imshow(image.convert("RGB"))
+        axes[k][0].set_ylabel(f"{name}\n(n={len(index):,})")
+    return _save(fig, path)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -65,12 +68,34 @@ def load_local_weights(net: nn.Module, path: str | os.PathLike, skip: tuple[str,
     log.info("loaded %d tensors from %s", len(wanted), path)
 
 
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the URL's host (or the proxy for it) opens in time.
+
+    The weights libraries retry for a minute when offline; this answers in seconds.
+    """
+    target = urlparse(urllib.request.getproxies().get(urlparse(url).scheme) or url)
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((target.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _torchvision(name: str, pretrained: str | None) -> nn.Module:
     import torchvision.models as tvm
 
     weights = None
     if pretrained == "imagenet":
         weights = tvm.get_model_weights(name).DEFAULT
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+        if not cached.is_file() and not _reachable(weights.url):
+            raise ConfigError(
+                f"model.pretrained=imagenet: the {name} ImageNet weights are not in "
+                f"{cached.parent} and {urlparse(weights.url).hostname} cannot be reached; "
+                f"download {weights.url} once where there is internet and put it at {cached} "
+                "(TORCH_HOME moves that folder), or give a local file as model.pretrained=<path>"
+            )
     # torchvision's truncated-normal init of Inception takes seconds; PyTorch's default init
     # is used instead (pretrained weights replace it anyway)
     # and its own input re-normalisation is off: the model config's mean/std give the [-1, 1]
@@ -86,6 +111,34 @@ def _torchvision(name: str, pretrained: str | None) -> nn.Module:
             "them once where there is internet (or copy the file there), or give a local "
             "file as model.pretrained=<path>"
         ) from err
+
+
+def _timm_weights(model_name: str) -> dict | None:
+    """The cached Hugging Face weights file of a timm model as a pretrained_cfg overlay (no
+    network then); None to let timm download; a ConfigError at once when offline."""
+    import timm
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    pretrained = timm.get_pretrained_cfg(model_name)
+    if pretrained is None or not (pretrained.hf_hub_id or pretrained.url):
+        raise ConfigError(f"model.pretrained=imagenet: timm has no pretrained weights for "
+                          f"{model_name}; use model.pretrained=null or a local file")
+    if pretrained.hf_hub_id:
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(pretrained.hf_hub_id, filename)
+            if isinstance(found, str):
+                return {"file": found}
+    source = constants.ENDPOINT if pretrained.hf_hub_id else pretrained.url
+    if not _reachable(source):
+        raise ConfigError(
+            f"model.pretrained=imagenet: the {model_name} weights "
+            f"({pretrained.hf_hub_id or pretrained.url}) are not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and {urlparse(source).hostname} cannot be reached; "
+            "fetch them once where there is internet (timm.create_model(name, "
+            "pretrained=True) fills the cache; HF_HOME moves it), or give a local file as "
+            "model.pretrained=<path>"
+        )
+    return None
 
 
 def build_backbone(name: str, num_classes: int, pretrained: str | None = None,
@@ -117,10 +170,11 @@ def build_backbone(name: str, num_classes: int, pretrained: str | None = None,
         import timm
 
         model_name = name.removeprefix("timm:")
+        overlay = _timm_weights(model_name) if pretrained == "imagenet" else None
         try:
             net = timm.create_model(model_name, pretrained=pretrained == "imagenet",
                                     num_classes=num_classes, drop_rate=dropout,
-                                    in_chans=in_channels)
+                                    in_chans=in_channels, pretrained_cfg_overlay=overlay)
         except RuntimeError as err:
             raise ConfigError(f"model.name={model_name}: {err}") from err
         except OSError as err:

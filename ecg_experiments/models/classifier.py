@@ -66,6 +66,18 @@ class ClassifierModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def train(self, mode: bool = True) -> ClassifierModule:
+        """As nn.Module.train, but batch-norm layers whose parameters are all frozen stay in
+        eval mode: a frozen (pretrained) backbone keeps its running statistics."""
+        super().train(mode)
+        if mode:
+            for module in self.net.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    params = list(module.parameters())
+                    if params and not any(p.requires_grad for p in params):
+                        module.eval()
+        return self
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         output = self(x)

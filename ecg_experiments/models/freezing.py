@@ -124,4 +124,5 @@ class _UnfreezeBackbone(BaseFinetuning):
             lr = optimizer.param_groups[0]["lr"] * self.lr_factor
             self.unfreeze_and_add_param_group(self._backbone(pl_module), optimizer, lr=lr,
                                               train_bn=True)
+            pl_module.train()  # the now trainable batch-norm layers leave eval mode
             log.info("epoch %d: backbone unfrozen with lr %.2e", epoch, lr)
