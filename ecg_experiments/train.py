@@ -26,7 +26,7 @@ from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.report import report_test_results
 from ecg_experiments.explore import explore_data
 from ecg_experiments.models.classifier import ClassifierModule
-from ecg_experiments.models.freezing import NoFreezing
+from ecg_experiments.models.freezing import NoFreezing, count_trainable
 from ecg_experiments.sweepers.optuna import build_from_config
 from ecg_experiments.sweepers.pruning import OptunaPruning
 from ecg_experiments.tracking import (
@@ -200,6 +200,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     net = build(cfg.model.net)
     freeze = build(cfg.freeze) if cfg.get("freeze") else NoFreezing()
     freeze.apply(net)
+    if not isinstance(freeze, NoFreezing) and cfg.model.get("pretrained", "") is None:
+        log.warning("%s freezes layers of a randomly initialised network "
+                    "(model.pretrained=null); set model.pretrained=imagenet or a weights file "
+                    "for transfer learning", group_choice("freeze"))
+    parameter_counts = {"model.params_total": sum(p.numel() for p in net.parameters()),
+                        "model.params_trainable": count_trainable(net)}
+    log.info("parameters: %(model.params_total)d, trainable: %(model.params_trainable)d",
+             parameter_counts)
     module = ClassifierModule(
         net=net,
         class_names=datamodule.class_names,
@@ -227,6 +235,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             tags["resumed_from"] = resume_from
         # params are immutable in MLflow: a resumed run keeps those it started with
         log_run_metadata(tracked, cfg, files["config"], tags, params=resume_run_id is None)
+        if resume_run_id is None:
+            tracked.log_hyperparams(parameter_counts)
         (run_dir / RUN_ID_FILE).write_text(tracked.run_id)
         if "split" in files:
             tracked.experiment.log_artifact(tracked.run_id, str(files["split"]))
