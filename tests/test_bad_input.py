@@ -61,6 +61,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     files["mitdb_no_atr"] = mitdb
     (root / "empty_dir").mkdir()
     files["empty_dir"] = root / "empty_dir"
+    files.update(_image_folders(root))
     # a real checkpoint of a 5-class model
     out = root / "trained"
     subprocess.run(
@@ -74,7 +75,30 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+def _image_folders(root: Path) -> dict[str, Path]:
+    """Good class folders of PNGs, one with an empty class, one with a truncated PNG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    good = root / "images"
+    for name in ("N", "V"):
+        (good / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(good / name / f"100_{i:07d}.png")
+    no_images = root / "no_images"
+    shutil.copytree(good, no_images)
+    (no_images / "S").mkdir()
+    (no_images / "S" / "README.txt").write_text("images go here")
+    corrupt = root / "corrupt"
+    shutil.copytree(good, corrupt)
+    data = (good / "N" / "100_0000000.png").read_bytes()
+    (corrupt / "V" / "broken.png").write_bytes(data[: len(data) // 2])
+    return {"images": good, "no_images": no_images, "corrupt": corrupt}
+
+
 CSV = "data=beats_csv"
+IMAGES = ["model=cnn2d", "data=image_folder", "data.num_workers=0"]
 # (tool, args, what the single error message must contain); {name} is a path from `inputs`
 CASES = {
     "missing data path": ("train", [CSV, "data.train_file=/no/such/beats.csv"],
@@ -129,6 +153,25 @@ CASES = {
                                     "resume=true: no checkpoint at"),
     "predict on a file that is neither": ("predict", ["ckpt={ckpt}", "input=/no/such.txt"],
                                           "expected a Kaggle-format .csv file or a WFDB record"),
+    "missing image folder": ("train", [*IMAGES, "data.root=/no/such/images"],
+                             "data.root=/no/such/images: no such folder"),
+    "class folder with no images": ("train", [*IMAGES, "data.root={no_images}"],
+                                    "no_images/S: class 'S' has no images"),
+    "corrupt PNG": ("train", [*IMAGES, "data.root={corrupt}"],
+                    "broken.png: not a readable image"),
+    "image too small for the backbone": (
+        "train", [*IMAGES, "model=inception_v3", "model.input_size=32", "data.root={images}"],
+        "model.input_size=32: images of 32x32 are too small for inception_v3"),
+    "pretrained=imagenet offline, nothing cached": (
+        "train", [*IMAGES, "model=alexnet", "model.pretrained=imagenet", "data.root={images}"],
+        "model.pretrained=imagenet: the alexnet ImageNet weights are not in"),
+    "timm weights offline, nothing cached": (
+        "train", [*IMAGES, "model=timm", "model.name=resnet18", "model.pretrained=imagenet",
+                  "data.root={images}"],
+        "model.pretrained=imagenet: the resnet18 weights (timm/resnet18.a1_in1k) are not in"),
+    "unknown colour map": ("prepare", ["render=spectrogram", "render.cmap=nope",
+                                       "data.download=false"],
+                           "render.cmap='nope': not a matplotlib colour map"),
 }
 
 
@@ -136,6 +179,8 @@ def _leftovers(outputs: Path) -> list[str]:
     found = [str(p) for p in outputs.rglob("*.ckpt")]
     found += [str(p) for p in (outputs / "data").glob("mitbih-*")] if (
         outputs / "data").exists() else []
+    found += [str(p) for p in (outputs / "data" / "images").glob("*")] if (
+        outputs / "data" / "images").exists() else []
     store = outputs / "mlflow.db"
     if store.exists():
         client = mlflow.MlflowClient(f"sqlite:///{store}")
@@ -157,8 +202,11 @@ def test_bad_input(case: str, inputs: dict[str, Path], tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", f"ecg_experiments.{tool}", *args],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        # empty weight caches, and downloads routed to a closed port: offline on any machine
         env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{outputs / 'mlflow.db'}",
-             "PYTHONWARNINGS": "ignore"},
+             "PYTHONWARNINGS": "ignore", "TORCH_HOME": str(tmp_path / "torch"),
+             "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9",
+             "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"},
     )
     message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
     print(f"[{case}] exit {result.returncode}: {result.stderr.strip()[-600:]}")

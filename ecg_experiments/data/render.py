@@ -220,6 +220,7 @@ class RenderedBeats:
         """Render the images unless an up-to-date folder exists; return the folder."""
         from ecg_experiments.data.mitbih import BeatTable
 
+        palette(self.renderer.cmap)  # a bad colour map fails before any work
         if int(self.image_size) < 8:
             raise ConfigError(f"data.image_size={self.image_size}: expected at least 8 pixels")
         if self.max_per_class is not None and int(self.max_per_class) < 1:
