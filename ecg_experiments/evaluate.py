@@ -1,6 +1,7 @@
 """Evaluate a saved model on a holdout set and track it as a new MLflow run.
 
 `python -m ecg_experiments.evaluate ckpt=<path> | run_id=<id> [data=...] [holdout=test|all]`
+Noise robustness of a signal model: `report.noise_snr_db=[24,12,6,0]` (`report.noise=...`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ecg_experiments.config import build, to_container
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.report import report_test_results
+from ecg_experiments.evaluation.robustness import robustness_report
 from ecg_experiments.models.checkpoint import resolve_trained_model
 from ecg_experiments.models.classifier import ClassifierModule
 from ecg_experiments.tracking import choice_tags, log_run_metadata
@@ -71,6 +73,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         module, metrics, model.history, run_dir / "report", cfg.report, cfg.seed, logger,
         f"Evaluation of {model.checkpoint.name} ({cfg.holdout})",
     ))
+    if cfg.holdout == "test":
+        metrics.update(robustness_report(module, datamodule, cfg.report, run_dir / "report",
+                                         cfg.seed, logger))
     return metrics
 
 

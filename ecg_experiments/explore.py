@@ -48,7 +48,7 @@ def explore_data(
             per_class=examples_per_class, seed=seed,
         )
     else:
-        signals = datamodule.datasets["train"].tensors[0]
+        signals = datamodule.signals("train")
         files["example_beats"] = plot_example_beats(
             signals.numpy(), labels, names, out_dir / "example_beats.png",
             per_class=examples_per_class, seed=seed,

@@ -24,7 +24,9 @@ from ecg_experiments.config import build, group_choice, to_container, validate_t
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.report import report_test_results
+from ecg_experiments.evaluation.robustness import robustness_report
 from ecg_experiments.explore import explore_data
+from ecg_experiments.models.checkpoint import init_from
 from ecg_experiments.models.classifier import ClassifierModule
 from ecg_experiments.models.freezing import NoFreezing, count_trainable
 from ecg_experiments.sweepers.optuna import build_from_config
@@ -53,6 +55,8 @@ def _check_accelerator(cfg: DictConfig) -> None:
 
 def _class_weights(cfg: DictConfig, datamodule: ClassDataModule) -> list[float] | None:
     weights = cfg.loss.class_weights
+    if weights is None and getattr(datamodule, "balance", "none") == "class_weights":
+        weights = "balanced"
     if weights is None:
         return None
     if weights == "balanced":  # n_samples / (n_classes * n_c) over the classes present
@@ -198,9 +202,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with open_dict(cfg):
             cfg.data.class_names = list(datamodule.class_names)
     net = build(cfg.model.net)
+    init = None
+    if cfg.model.get("init_from"):  # fine-tune a previous model (before freezing)
+        init = init_from(net, str(cfg.model.init_from), cfg.paths.tracking_uri)
     freeze = build(cfg.freeze) if cfg.get("freeze") else NoFreezing()
     freeze.apply(net)
-    if not isinstance(freeze, NoFreezing) and cfg.model.get("pretrained", "") is None:
+    if (not isinstance(freeze, NoFreezing) and cfg.model.get("pretrained", "") is None
+            and not cfg.model.get("init_from")):
         log.warning("%s freezes layers of a randomly initialised network "
                     "(model.pretrained=null); set model.pretrained=imagenet or a weights file "
                     "for transfer learning", group_choice("freeze"))
@@ -233,6 +241,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tags.update({str(k): str(v) for k, v in (cfg.get("tags") or {}).items()})
         if resume_from:
             tags["resumed_from"] = resume_from
+        if init is not None:
+            tags["init_from.checkpoint"] = str(init.source)
+            tags["init_from.loaded_tensors"] = str(len(init.loaded))
+            tags["init_from.reinitialised"] = ", ".join(init.reinitialised) or "none"
         # params are immutable in MLflow: a resumed run keeps those it started with
         log_run_metadata(tracked, cfg, files["config"], tags, params=resume_run_id is None)
         if resume_run_id is None:
@@ -267,6 +279,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 module, metrics, history, run_dir / "report", cfg.report, cfg.seed, tracked,
                 "Test metrics per class (best checkpoint)",
             ))
+            metrics.update(robustness_report(module, datamodule, cfg.report,
+                                             run_dir / "report", cfg.seed, tracked))
     if tracked is not None and cfg.report.log_model:
         example = next(iter(datamodule.test_dataloader()))[0][:4]
         preprocessing = {"input_kind": cfg.model.get("input_kind"), "data": to_container(cfg.data)}

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, WeightedRandomSampler
+
+from ecg_experiments.data.splits import BALANCE_MODES, balance_indices
+from ecg_experiments.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class ClassDataModule(pl.LightningDataModule):
@@ -17,6 +23,11 @@ class ClassDataModule(pl.LightningDataModule):
     Subclasses fill `datasets` ({split: Dataset of (input, label)}), `split_labels`
     ({split: int labels}) and `split_frame` (one row per sample and its split) in `setup`.
     `input_kind` ("signal" or "image") is checked against the model's before any work.
+
+    `balance` rebalances the training split only (validation and test stay as drawn):
+    none; undersample (every class to the smallest); resample (every class to
+    `balance_to`, with replacement where needed); class_weights (a class-weighted loss);
+    sampler (a weighted random sampler drawing classes equally often).
     """
 
     input_kind = "signal"
@@ -28,8 +39,18 @@ class ClassDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 42,
+        balance: str = "none",
+        balance_to: int | None = None,
     ) -> None:
         super().__init__()
+        if balance not in BALANCE_MODES:
+            raise ConfigError(f"data.balance={balance!r}: expected one of "
+                              f"{', '.join(BALANCE_MODES)}")
+        if balance == "resample" and (balance_to is None or int(balance_to) < 1):
+            raise ConfigError(f"data.balance=resample needs data.balance_to >= 1 "
+                              f"(got {balance_to})")
+        self.balance = balance
+        self.balance_to = None if balance_to is None else int(balance_to)
         self.class_names = list(class_names) if class_names is not None else []
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -47,6 +68,18 @@ class ClassDataModule(pl.LightningDataModule):
         """Identifiers of the input data (e.g. file hashes) for tracking."""
         return {}
 
+    def _balance_training(self) -> None:
+        """Subsample / resample the training split as `balance` says (after setup)."""
+        if self.balance not in ("undersample", "resample"):
+            return
+        labels = self.split_labels["train"]
+        before = np.bincount(labels, minlength=self.num_classes)
+        rows = balance_indices(labels, self.balance, self.balance_to, self.seed)
+        self.datasets["train"] = Subset(self.datasets["train"], rows.tolist())
+        self.split_labels["train"] = labels[rows]
+        log.info("data.balance=%s: training classes %s -> %s", self.balance, before.tolist(),
+                 self.class_counts("train").tolist())
+
     def labels(self, split: str) -> np.ndarray:
         """Integer labels of one split (after setup)."""
         return self.split_labels[split]
@@ -57,7 +90,15 @@ class ClassDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         sampler = None
         distributed = self.trainer is not None and self.trainer.world_size > 1
-        if shuffle and not distributed:
+        if shuffle and self.balance == "sampler":
+            # each sample weighted by 1 / its class count: classes drawn equally often
+            labels = self.split_labels[split]
+            weights = 1.0 / np.bincount(labels, minlength=self.num_classes)[labels]
+            generator = torch.Generator().manual_seed(self.seed)
+            sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(labels),
+                                            replacement=True, generator=generator)
+            shuffle = False
+        elif shuffle and not distributed:
             # An epoch-seeded shuffle (seed + epoch; Lightning calls set_epoch), so a run
             # resumed from a checkpoint sees the same order as an uninterrupted one. Under DDP
             # Lightning puts in its own DistributedSampler.

@@ -10,14 +10,16 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
+from ecg_experiments.data.augment import SignalAugment
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.data.splits import split_table, stratified_split
 from ecg_experiments.errors import DataError
@@ -139,7 +141,8 @@ class BeatsDataModuleBase(ClassDataModule):
     """Serves beat signals of shape [batch, 1, length] with integer labels.
 
     Subclasses load the arrays and assign them to splits in `load_splits`; this base turns
-    them into tensors once.
+    them into tensors once. `augment` (a SignalAugment) corrupts training batches after they
+    reach the device; validation and test batches are never augmented.
     """
 
     input_kind = "signal"
@@ -151,8 +154,13 @@ class BeatsDataModuleBase(ClassDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 42,
+        balance: str = "none",
+        balance_to: int | None = None,
+        augment: SignalAugment | None = None,
     ) -> None:
-        super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed)
+        super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed, balance,
+                         balance_to)
+        self.augment = augment
 
     def load_splits(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], pd.DataFrame]:
         """Return {split: (signals [n, length], labels [n])} and a table of the assignment."""
@@ -168,8 +176,22 @@ class BeatsDataModuleBase(ClassDataModule):
                 x = x.unsqueeze(1)
             self.split_labels[name] = labels.astype(np.int64)
             self.datasets[name] = TensorDataset(x, torch.from_numpy(self.split_labels[name]))
+        self._balance_training()
         counts = {name: len(ds) for name, ds in self.datasets.items()}
         log.info("beats per split: %s", counts)
+
+    def signals(self, split: str) -> torch.Tensor:
+        """The beats [n, 1, length] of one split (after setup and balancing)."""
+        dataset = self.datasets[split]
+        if isinstance(dataset, Subset):
+            return dataset.dataset.tensors[0][dataset.indices]
+        return dataset.tensors[0]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.augment is not None and self.trainer is not None and self.trainer.training:
+            x, y = batch
+            return self.augment(x), y
+        return batch
 
 
 class BeatsDataModule(BeatsDataModuleBase):
@@ -191,8 +213,12 @@ class BeatsDataModule(BeatsDataModuleBase):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 42,
+        balance: str = "none",
+        balance_to: int | None = None,
+        augment: SignalAugment | None = None,
     ) -> None:
-        super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed)
+        super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed, balance,
+                         balance_to, augment)
         self.train_file = Path(train_file)
         self.test_file = Path(test_file) if test_file else None
         self.signal_length = int(signal_length)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from ecg_experiments.data.base import ClassDataModule
@@ -183,8 +183,11 @@ class ImageDataModule(ClassDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 42,
+        balance: str = "none",
+        balance_to: int | None = None,
     ) -> None:
-        super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed)
+        super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed, balance,
+                         balance_to)
         if split not in SPLITS:
             raise ConfigError(f"data.split={split!r}: expected one of {', '.join(SPLITS)}")
         if split == "records" and not group_regex:
@@ -364,11 +367,15 @@ class ImageDataModule(ClassDataModule):
                                        sha256=frame["sha256"].to_numpy(),
                                        duplicate=duplicated.to_numpy())
         self.files = frame
+        self._balance_training()
         log.info("images per split: %s", {n: len(d) for n, d in self.datasets.items()})
 
     def paths(self, split: str) -> list[Path]:
-        """The image files of one split (after setup)."""
-        return list(self.datasets[split].paths)  # type: ignore[attr-defined]
+        """The image files of one split (after setup and balancing)."""
+        dataset = self.datasets[split]
+        if isinstance(dataset, Subset):
+            return [dataset.dataset.paths[i] for i in dataset.indices]
+        return list(dataset.paths)
 
     def fingerprint(self) -> dict[str, str]:
         info = {"root": str(self.root)}

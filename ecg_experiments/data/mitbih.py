@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import track
 
+from ecg_experiments.data.augment import SignalAugment
 from ecg_experiments.data.beats import BeatsDataModuleBase, write_beats_csv
 from ecg_experiments.data.physionet import (
     AAMI_CLASSES,
@@ -216,8 +217,12 @@ class MitbihDataModule(BeatsDataModuleBase):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 42,
+        balance: str = "none",
+        balance_to: int | None = None,
+        augment: SignalAugment | None = None,
     ) -> None:
-        super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed)
+        super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed, balance,
+                         balance_to, augment)
         if split not in SPLITS:
             raise ConfigError(f"data.split={split!r}: expected one of {', '.join(SPLITS)}")
         if signal_length is not None and int(signal_length) != recipe.length:

@@ -124,3 +124,36 @@ def grouped_split(
         return rows[keep], rows[taken]
 
     return _carve(len(groups), fractions, source, split_off)
+
+
+BALANCE_MODES = ("none", "undersample", "resample", "class_weights", "sampler")
+
+
+def balance_indices(labels: np.ndarray, mode: str, per_class: int | None = None,
+                    seed: int = 0) -> np.ndarray:
+    """Row indices of a rebalanced training split (sorted).
+
+    undersample: every class down to the smallest class present; resample: every class to
+    `per_class` rows (drawn without replacement where a class has enough, with replacement
+    where it has fewer), both with scikit-learn's `resample`, seeded. Other modes keep all
+    rows (class_weights and sampler act in the loss and the loader).
+    """
+    from sklearn.utils import resample
+
+    if mode not in BALANCE_MODES:
+        raise DataError(f"data.balance={mode!r}: expected one of {', '.join(BALANCE_MODES)}")
+    if mode not in ("undersample", "resample"):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    if mode == "resample":
+        if per_class is None or int(per_class) < 1:
+            raise DataError(f"data.balance=resample needs data.balance_to >= 1 (got {per_class})")
+        target = int(per_class)
+    else:
+        target = int(counts.min())
+    parts = []
+    for k, label in enumerate(classes):
+        rows = np.flatnonzero(labels == label)
+        parts.append(resample(rows, replace=counts[k] < target, n_samples=target,
+                              random_state=seed + k))
+    return np.sort(np.concatenate(parts))

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 
@@ -133,4 +134,26 @@ def plot_example_images(paths: Sequence[Path], labels: np.ndarray, class_names: 
                 with Image.open(paths[chosen[j]]) as image:
                     ax.imshow(image.convert("RGB"))
         axes[k][0].set_ylabel(f"{name}\n(n={len(index):,})")
+    return _save(fig, path)
+
+
+def plot_metrics_vs_snr(frame: pd.DataFrame, path: Path, noise: str) -> Path:
+    """Each metric of a robustness table against the SNR (clean drawn at the right)."""
+    noisy = frame[frame["snr_db"] != "clean"]
+    clean = frame[frame["snr_db"] == "clean"]
+    snrs = noisy["snr_db"].astype(float).to_numpy()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    metrics = [c for c in frame.columns if c != "snr_db"]
+    for name in metrics:
+        line, = ax.plot(snrs, noisy[name].to_numpy(), marker="o",
+                        linewidth=2.0 if name in ("acc", "f1_macro") else 0.8, label=name)
+        if len(clean):
+            ax.axhline(float(clean[name].iloc[0]), color=line.get_color(), linestyle=":",
+                       linewidth=0.6)
+    ax.set_xlabel(f"SNR of added {noise} noise (dB); dotted: clean")
+    ax.set_ylabel("value")
+    ax.set_ylim(0, 1.02)
+    ax.invert_xaxis()
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Metrics under noise")
     return _save(fig, path)

@@ -99,3 +99,46 @@ def resolve_trained_model(
         raise ConfigError("give exactly one of ckpt=<checkpoint path> or run_id=<MLflow run id>")
     path = Path(ckpt) if ckpt else checkpoint_from_run(str(run_id), tracking_uri)
     return load_trained_model(path), run_id
+
+
+@dataclass
+class InitReport:
+    """What `init_from` copied and what kept its fresh initialisation."""
+
+    source: Path
+    loaded: list[str]
+    reinitialised: list[str]
+
+
+def init_from(net: nn.Module, source: str, tracking_uri: str) -> InitReport:
+    """Fine-tuning start: copy into `net` every tensor of a previous model whose name and shape
+    match; the rest (e.g. a head for another class count) keeps its fresh initialisation.
+
+    `source` is an ecg-experiments checkpoint path or an MLflow run id (its best checkpoint).
+    """
+    path = Path(source)
+    if not path.is_file():
+        if path.suffix in (".ckpt", ".pt", ".pth") or "/" in source:
+            raise ConfigError(f"model.init_from={source}: no such checkpoint file")
+        path = checkpoint_from_run(source, tracking_uri)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DataError(f"{path}: not a loadable PyTorch checkpoint "
+                        f"({str(err).splitlines()[0]})") from err
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: expected a checkpoint with a state_dict")
+    state = {key.removeprefix("net."): value for key, value in state.items()}
+    own = net.state_dict()
+    fits = {k: state[k] for k, v in own.items() if k in state and state[k].shape == v.shape}
+    if not fits:
+        raise DataError(f"model.init_from={source}: no tensor of {path} fits "
+                        f"{type(net).__name__} (another architecture?)")
+    net.load_state_dict({**own, **fits})
+    report = InitReport(path, sorted(fits), sorted(k for k in own if k not in fits))
+    log.info("model.init_from: %d of %d tensors loaded from %s", len(fits), len(own), path)
+    if report.reinitialised:
+        log.warning("model.init_from: re-initialised (no tensor of that name and shape in the "
+                    "source): %s", ", ".join(report.reinitialised))
+    return report

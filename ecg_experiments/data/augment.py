@@ -1,0 +1,187 @@
+"""Signal augmentations for beat batches [batch, channels, length], applied in training only.
+
+Every step works on the whole batch as tensors (on the batch's device). Noise steps scale
+their noise to a signal-to-noise ratio drawn per beat from `snr_db` = [low, high], where the
+signal power is the beat's variance (its AC power: the zero padding and offset of the
+Kaggle-format beats do not count as signal):  SNR = 10 log10(var(beat) / mean(noise^2)).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ecg_experiments.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def _uniform(low_high: Sequence[float], n: int, generator: torch.Generator | None,
+             device: torch.device) -> torch.Tensor:
+    low, high = float(low_high[0]), float(low_high[-1])
+    return low + (high - low) * torch.rand(n, 1, 1, generator=generator, device=device)
+
+
+def scale_to_snr(signal: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
+    """`noise` rescaled per beat so that var(signal) / mean(noise^2) is `snr_db` [n, 1, 1]."""
+    signal_power = signal.var(dim=(1, 2), keepdim=True, unbiased=False)
+    noise_power = noise.pow(2).mean(dim=(1, 2), keepdim=True).clamp_min(1e-20)
+    return noise * torch.sqrt(signal_power / noise_power / 10 ** (snr_db / 10))
+
+
+def snr_db(signal: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+    """The SNR per beat [n] of `noisy` against the clean `signal`, as defined above."""
+    noise_power = (noisy - signal).pow(2).mean(dim=(1, 2))
+    return 10 * torch.log10(signal.var(dim=(1, 2), unbiased=False) / noise_power)
+
+
+def load_noise_records(paths: Sequence[str], rate: float) -> list[torch.Tensor]:
+    """Noise records (MIT-BIH Noise Stress Test format: 'bw', 'em', 'ma') resampled to
+    `rate` Hz; every channel becomes one noise source."""
+    import wfdb
+    from scipy.signal import resample_poly
+
+    sources = []
+    for path in paths:
+        base = Path(path).with_suffix("") if Path(path).suffix in (".hea", ".dat") else Path(path)
+        if not base.with_name(base.name + ".hea").is_file():
+            raise DataError(f"{path}: no WFDB noise record (expected {base}.hea and .dat, e.g. "
+                            "the NSTDB 'bw', 'em' or 'ma' record)")
+        record = wfdb.rdrecord(str(base))
+        up, down = int(round(rate * 1000)), int(round(record.fs * 1000))
+        divisor = math.gcd(up, down)
+        for channel in record.p_signal.T:
+            resampled = resample_poly(channel - channel.mean(), up // divisor, down // divisor)
+            sources.append(torch.as_tensor(resampled, dtype=torch.float32))
+        log.info("noise record %s: %d channel(s), %.0f s", base.name, record.n_sig,
+                 record.sig_len / record.fs)
+    return sources
+
+
+@dataclass
+class SignalAugment:
+    """Random training-time corruptions of beat batches; each step has a probability p.
+
+    gaussian: white noise at `gaussian_snr_db`; baseline: a sinusoid of `baseline_hz`
+    (baseline wander) at `baseline_snr_db`; powerline: `powerline_hz` mains hum at
+    `powerline_snr_db`; scale: amplitude x `scale_range`; shift: a circular shift of up to
+    `max_shift` samples; records: segments of real noise records (`noise_records`, NSTDB
+    format) at `records_snr_db`. `rate` is the beats' sampling rate.
+    """
+
+    rate: float = 125.0
+    gaussian_p: float = 0.0
+    gaussian_snr_db: Sequence[float] = (12.0, 24.0)
+    baseline_p: float = 0.0
+    baseline_snr_db: Sequence[float] = (6.0, 18.0)
+    baseline_hz: Sequence[float] = (0.1, 0.5)
+    powerline_p: float = 0.0
+    powerline_snr_db: Sequence[float] = (12.0, 24.0)
+    powerline_hz: float = 50.0
+    scale_p: float = 0.0
+    scale_range: Sequence[float] = (0.8, 1.2)
+    shift_p: float = 0.0
+    max_shift: int = 5
+    records_p: float = 0.0
+    records_snr_db: Sequence[float] = (6.0, 18.0)
+    noise_records: Sequence[str] = ()
+    seed: int | None = None
+    _sources: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("gaussian_p", "baseline_p", "powerline_p", "scale_p", "shift_p", "records_p"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"data.augment.{name}={value}: expected a probability in [0, 1]")
+        if self.powerline_hz >= self.rate / 2:
+            raise ConfigError(f"data.augment.powerline_hz={self.powerline_hz}: above the Nyquist "
+                              f"frequency of {self.rate / 2:g} Hz at rate {self.rate:g}")
+        if self.records_p > 0 and not self.noise_records:
+            raise ConfigError("data.augment.records_p > 0 needs data.augment.noise_records "
+                              "(paths of NSTDB-format noise records, e.g. .../nstdb/ma)")
+        self.generator = None
+        if self.seed is not None:
+            self.generator = torch.Generator().manual_seed(int(self.seed))
+
+    def _chosen(self, p: float, n: int, device: torch.device) -> torch.Tensor:
+        return (torch.rand(n, 1, 1, generator=self.generator) < p).to(device)
+
+    def _add(self, x: torch.Tensor, noise: torch.Tensor, p: float,
+             snr: Sequence[float]) -> torch.Tensor:
+        n = x.shape[0]
+        target = _uniform(snr, n, self.generator, torch.device("cpu")).to(x.device)
+        scaled = scale_to_snr(x, noise, target)
+        return x + scaled * self._chosen(p, n, x.device)
+
+    def _time(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.arange(x.shape[-1], device=x.device, dtype=x.dtype) / self.rate
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, length = x.shape
+        device = x.device
+        cpu = torch.device("cpu")
+        if self.scale_p > 0:
+            factor = _uniform(self.scale_range, n, self.generator, cpu).to(device)
+            x = torch.where(self._chosen(self.scale_p, n, device), x * factor, x)
+        if self.shift_p > 0 and self.max_shift > 0:
+            shift = torch.randint(-self.max_shift, self.max_shift + 1, (n, 1, 1),
+                                  generator=self.generator).to(device)
+            shift = shift * self._chosen(self.shift_p, n, device)
+            index = (torch.arange(length, device=device).view(1, 1, -1) - shift) % length
+            x = torch.gather(x, 2, index.expand_as(x))
+        if self.gaussian_p > 0:
+            noise = torch.randn(x.shape, generator=self.generator).to(device)
+            x = self._add(x, noise, self.gaussian_p, self.gaussian_snr_db)
+        if self.baseline_p > 0:
+            hz = _uniform(self.baseline_hz, n, self.generator, cpu).to(device)
+            phase = (2 * math.pi * torch.rand(n, 1, 1, generator=self.generator)).to(device)
+            noise = torch.sin(2 * math.pi * hz * self._time(x) + phase).expand_as(x)
+            x = self._add(x, noise, self.baseline_p, self.baseline_snr_db)
+        if self.powerline_p > 0:
+            phase = (2 * math.pi * torch.rand(n, 1, 1, generator=self.generator)).to(device)
+            noise = torch.sin(2 * math.pi * self.powerline_hz * self._time(x) + phase)
+            x = self._add(x, noise.expand_as(x), self.powerline_p, self.powerline_snr_db)
+        if self.records_p > 0:
+            x = self._add(x, self.record_noise(x.shape).to(device), self.records_p,
+                          self.records_snr_db)
+        return x
+
+    def record_noise(self, shape: torch.Size) -> torch.Tensor:
+        """Random segments of the noise records, shaped like the batch."""
+        if not self._sources:
+            self._sources = load_noise_records(self.noise_records, self.rate)
+        n, channels, length = shape
+        pick = torch.randint(len(self._sources), (n,), generator=self.generator)
+        out = torch.empty(n, channels, length)
+        for k, source in enumerate(self._sources):  # a loop over sources, not over beats
+            rows = torch.flatnonzero(pick == k)
+            if len(rows) == 0:
+                continue
+            if len(source) < length:
+                raise DataError(f"noise record {k}: shorter than one beat ({length} samples)")
+            start = torch.randint(len(source) - length + 1, (len(rows),), generator=self.generator)
+            index = start.view(-1, 1) + torch.arange(length).view(1, -1)
+            out[rows] = source[index].unsqueeze(1).expand(-1, channels, -1)
+        return out
+
+
+def add_noise_at_snr(x: torch.Tensor, snr: float, kind: str = "gaussian",
+                     noise_records: Sequence[str] = (), rate: float = 125.0,
+                     seed: int = 0) -> torch.Tensor:
+    """`x` with one kind of noise (gaussian | baseline | powerline | records) added at exactly
+    `snr` dB to every beat (for robustness evaluation; seeded)."""
+    fixed = [float(snr), float(snr)]
+    options = {"gaussian": {"gaussian_p": 1.0, "gaussian_snr_db": fixed},
+               "baseline": {"baseline_p": 1.0, "baseline_snr_db": fixed},
+               "powerline": {"powerline_p": 1.0, "powerline_snr_db": fixed},
+               "records": {"records_p": 1.0, "records_snr_db": fixed,
+                           "noise_records": list(noise_records)}}
+    if kind not in options:
+        raise ConfigError(f"noise kind {kind!r}: expected one of {', '.join(options)}")
+    return SignalAugment(rate=rate, seed=seed, **options[kind])(x)
+

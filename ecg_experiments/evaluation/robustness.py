@@ -1,0 +1,89 @@
+"""Noise robustness: a model's metrics on the test beats with noise added at several SNRs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ecg_experiments.data.augment import add_noise_at_snr
+from ecg_experiments.evaluation.metrics import classification_metrics
+from ecg_experiments.evaluation.plots import plot_metrics_vs_snr
+
+log = logging.getLogger(__name__)
+
+SUMMARY = ("acc", "f1_macro", "recall_macro")
+
+
+def _probabilities(net: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    device = next(net.parameters()).device
+    net.eval()
+    with torch.no_grad():
+        return torch.cat([net(batch.to(device)).softmax(dim=-1).cpu()
+                          for batch in torch.split(x, batch_size)])
+
+
+def noise_robustness(
+    net: nn.Module,
+    signals: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: Sequence[str],
+    snrs_db: Sequence[float] = (24, 12, 6, 0),
+    kind: str = "gaussian",
+    noise_records: Sequence[str] = (),
+    rate: float = 125.0,
+    seed: int = 0,
+    batch_size: int = 512,
+) -> pd.DataFrame:
+    """One row per condition (clean, then each SNR): accuracy, macro-F1, macro recall and
+    per-class recall of `net` on `signals` [n, 1, length] with `kind` noise added at that SNR
+    (see `ecg_experiments.data.augment`; seeded, the same noise for every model)."""
+    rows = []
+    for snr in [None, *snrs_db]:
+        x = signals if snr is None else add_noise_at_snr(signals, float(snr), kind,
+                                                         noise_records, rate, seed)
+        metrics = classification_metrics(class_names, "test", auroc=False)
+        values = metrics(_probabilities(net, x, batch_size), labels)
+        row: dict[str, Any] = {"snr_db": "clean" if snr is None else float(snr)}
+        row.update({name: float(values[f"test/{name}"]) for name in SUMMARY})
+        row.update({f"recall_{c}": float(values[f"test/recall_{c}"]) for c in class_names})
+        rows.append(row)
+        log.info("noise %s at %s dB: acc %.4f, macro-F1 %.4f", kind, row["snr_db"], row["acc"],
+                 row["f1_macro"])
+    return pd.DataFrame(rows)
+
+
+def robustness_report(module: Any, datamodule: Any, settings: Mapping[str, Any], out_dir: Path,
+                      seed: int, logger: Any) -> dict[str, float]:
+    """Run `noise_robustness` on the test split if `settings.noise_snr_db` is set; write the
+    table and plot to `out_dir`, log them and the metrics (`noise/<metric>_snr<db>`)."""
+    snrs = settings.get("noise_snr_db")
+    if not snrs or datamodule.input_kind != "signal":
+        return {}
+    from ecg_experiments.tracking import log_files
+
+    rate = float(getattr(getattr(datamodule, "recipe", None), "rate", 125.0))
+    frame = noise_robustness(
+        module.net, datamodule.signals("test"), torch.as_tensor(datamodule.labels("test")),
+        datamodule.class_names, list(snrs), settings.get("noise", "gaussian"),
+        list(settings.get("noise_records") or []), rate, seed,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"noise_robustness": out_dir / "noise_robustness.csv"}
+    frame.to_csv(files["noise_robustness"], index=False)
+    files["noise_robustness_plot"] = plot_metrics_vs_snr(frame, out_dir / "noise_robustness.png",
+                                                         settings.get("noise", "gaussian"))
+    metrics = {}
+    for row in frame.to_dict("records"):
+        suffix = "clean" if row["snr_db"] == "clean" else f"snr{row['snr_db']:g}db"
+        metrics.update({f"noise/{name}_{suffix}": row[name] for name in SUMMARY})
+    if logger is not None:
+        logger.log_metrics(metrics)
+        log_files(logger, files, "report")
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return metrics
