@@ -85,9 +85,16 @@ def _write_run_files(cfg: DictConfig, datamodule: ClassDataModule, run_dir: Path
     return files
 
 
+def _in_sweep() -> bool:
+    """Whether this is one job of a multirun (a composed sweep config alone is not)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    return OmegaConf.select(HydraConfig.get(), "job.num", default=None) is not None
+
+
 def _sweep_tags() -> dict[str, str]:
     """In a multirun: the sweep's id, this job's number and the parent run to nest under."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not _in_sweep():
         return {}
     hydra_cfg = HydraConfig.get()
     tags = {"sweep.id": sweep_id(hydra_cfg.sweep.dir), "sweep.job": str(hydra_cfg.job.num)}
@@ -103,7 +110,7 @@ def _default_run_name() -> str | None:
     if not choices:
         return None
     name = f"{choices.get('choice.model', 'model')}-{choices.get('choice.data', 'data')}"
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
+    if _in_sweep():
         name += f"-job{HydraConfig.get().job.num}"
     return name
 
@@ -287,6 +294,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log_model(tracked, module.net, example, datamodule.class_names, preprocessing,
                   best_path or None)
     if tracked is not None:
+        # Lightning finalises its loggers, but not under fast_dev_run (it swaps in a dummy)
+        tracked.finalize("success")
         log.info("MLflow run %s in %s", tracked.run_id, tracked._tracking_uri)
     return metrics
 

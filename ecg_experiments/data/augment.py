@@ -159,7 +159,7 @@ class SignalAugment:
         pick = torch.randint(len(self._sources), (n,), generator=self.generator)
         out = torch.empty(n, channels, length)
         for k, source in enumerate(self._sources):  # a loop over sources, not over beats
-            rows = torch.flatnonzero(pick == k)
+            rows = torch.nonzero(pick == k).flatten()
             if len(rows) == 0:
                 continue
             if len(source) < length:

@@ -51,6 +51,7 @@ class ClassDataModule(pl.LightningDataModule):
                               f"(got {balance_to})")
         self.balance = balance
         self.balance_to = None if balance_to is None else int(balance_to)
+        self._sampler_generator: torch.Generator | None = None
         self.class_names = list(class_names) if class_names is not None else []
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -94,9 +95,10 @@ class ClassDataModule(pl.LightningDataModule):
             # each sample weighted by 1 / its class count: classes drawn equally often
             labels = self.split_labels[split]
             weights = 1.0 / np.bincount(labels, minlength=self.num_classes)[labels]
-            generator = torch.Generator().manual_seed(self.seed)
+            if self._sampler_generator is None:  # one stream: each epoch draws anew
+                self._sampler_generator = torch.Generator().manual_seed(self.seed)
             sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(labels),
-                                            replacement=True, generator=generator)
+                                            replacement=True, generator=self._sampler_generator)
             shuffle = False
         elif shuffle and not distributed:
             # An epoch-seeded shuffle (seed + epoch; Lightning calls set_epoch), so a run

@@ -1,0 +1,220 @@
+"""Class balancing, signal augmentations, noise robustness and fine-tuning from earlier runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ecg_experiments.data.augment import SignalAugment, add_noise_at_snr, snr_db
+from ecg_experiments.data.beats import BeatsDataModule, read_beats_csv
+from ecg_experiments.errors import ConfigError, DataError
+from ecg_experiments.evaluation.robustness import noise_robustness
+from ecg_experiments.models.checkpoint import init_from
+from ecg_experiments.models.cnn1d import KachueeCNN1d
+from tests.conftest import shared_path
+
+
+@pytest.fixture(scope="module")
+def beats() -> torch.Tensor:
+    """256 real public beats [n, 1, 187]."""
+    x, _ = read_beats_csv(shared_path("kachuee_samples", "mitbih_train_sample.csv"))
+    return torch.from_numpy(x[:256]).unsqueeze(1)
+
+
+@pytest.fixture
+def imbalanced_csv(tmp_path: Path) -> Path:
+    """Real rows with 100 N, 40 S, 20 V, 10 F, 60 Q."""
+    from ecg_experiments.data.beats import write_beats_csv
+
+    x, y = read_beats_csv(shared_path("kachuee_samples", "mitbih_train_sample.csv"))
+    keep = np.concatenate([np.flatnonzero(y == k)[:n] for k, n in enumerate([100, 40, 20, 10, 60])])
+    write_beats_csv(tmp_path / "imbalanced.csv", x[keep], y[keep])
+    return tmp_path / "imbalanced.csv"
+
+
+def _module(path: Path, **kwargs) -> BeatsDataModule:
+    dm = BeatsDataModule(str(path), val_fraction=0.2, test_fraction=0.2, seed=1, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("none", [60, 24, 12, 6, 36]),
+    ("undersample", [6, 6, 6, 6, 6]),
+    ("resample", [50, 50, 50, 50, 50]),
+    ("class_weights", [60, 24, 12, 6, 36]),
+    ("sampler", [60, 24, 12, 6, 36]),
+])
+def test_balancing_changes_the_training_split_only(imbalanced_csv, mode, expected) -> None:
+    plain = _module(imbalanced_csv)
+    dm = _module(imbalanced_csv, balance=mode, balance_to=50)
+    assert dm.class_counts("train").tolist() == expected
+    for split in ("val", "test"):
+        assert dm.class_counts(split).tolist() == plain.class_counts(split).tolist()
+        assert torch.equal(dm.signals(split), plain.signals(split))
+    if mode == "resample":  # 60 N rows drawn down without repeats, 6 F rows drawn up with
+        train = dm.signals("train").numpy()
+        labels = dm.labels("train")
+        assert len(np.unique(train[labels == 0], axis=0)) == 50
+        assert len(np.unique(train[labels == 3], axis=0)) == 6
+    if mode == "sampler":  # drawn classes come out about equally often
+        drawn = np.concatenate([y.numpy() for _, y in dm.train_dataloader()]
+                               + [y.numpy() for _ in range(9) for _, y in dm.train_dataloader()])
+        shares = np.bincount(drawn, minlength=5) / len(drawn)
+        assert np.all(np.abs(shares - 0.2) < 0.05), shares
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape[1:] == (1, 187)
+
+
+def test_balance_options_are_checked(imbalanced_csv) -> None:
+    with pytest.raises(ConfigError, match="data.balance='smote'"):
+        _module(imbalanced_csv, balance="smote")
+    with pytest.raises(ConfigError, match="data.balance=resample needs data.balance_to"):
+        _module(imbalanced_csv, balance="resample")
+
+
+def test_class_weights_mode_weights_the_loss(compose_train, imbalanced_csv) -> None:
+    from ecg_experiments.train import _class_weights
+
+    cfg = compose_train(["data=beats_csv", f"data.train_file={imbalanced_csv}",
+                         "data.balance=class_weights"])
+    dm = _module(imbalanced_csv, balance="class_weights")
+    weights = np.array(_class_weights(cfg, dm))
+    counts = dm.class_counts("train")
+    assert np.allclose(weights, counts.sum() / (5 * counts))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "baseline", "powerline"])
+@pytest.mark.parametrize("target", [24.0, 12.0, 6.0, 0.0])
+def test_noise_hits_its_target_snr(beats, kind, target) -> None:
+    noisy = add_noise_at_snr(beats, target, kind, seed=3)
+    measured = snr_db(beats, noisy)
+    assert torch.all((measured - target).abs() < 1.0), measured
+    assert not torch.equal(noisy, beats)
+
+
+def test_real_noise_records_hit_their_target_snr(beats) -> None:
+    nstdb = shared_path("nstdb")
+    records = [str(nstdb / "bw"), str(nstdb / "ma")]
+    for target in (18.0, 6.0):
+        noisy = add_noise_at_snr(beats, target, "records", records, rate=125.0, seed=1)
+        assert torch.all((snr_db(beats, noisy) - target).abs() < 1.0)
+    # baseline wander is slow: most of its power is below 1 Hz once resampled to 125 Hz
+    augment = SignalAugment(records_p=1.0, records_snr_db=[6, 6], noise_records=records[:1])
+    noise = augment.record_noise(torch.Size([64, 1, 2048]))[:, 0].numpy()
+    spectrum = np.abs(np.fft.rfft(noise - noise.mean(axis=1, keepdims=True), axis=1)) ** 2
+    freqs = np.fft.rfftfreq(2048, 1 / 125.0)
+    assert spectrum[:, freqs < 1.0].sum() > 0.5 * spectrum.sum()
+    with pytest.raises(DataError, match="no WFDB noise record"):
+        add_noise_at_snr(beats, 6.0, "records", ["/no/such/em"])
+
+
+def test_augment_steps_probabilities_and_strengths(beats) -> None:
+    x = beats[:200]
+    never = SignalAugment(seed=0)
+    assert torch.equal(never(x), x)
+    scaled = SignalAugment(scale_p=1.0, scale_range=[2.0, 2.0], seed=0)(x)
+    assert torch.allclose(scaled, 2 * x)
+    shifted = SignalAugment(shift_p=1.0, max_shift=3, seed=0)(x)
+    offsets = [next(s for s in range(-3, 4) if torch.equal(torch.roll(x[i], s, -1), shifted[i]))
+               for i in range(20)]
+    assert len(set(offsets)) > 1
+    half = SignalAugment(gaussian_p=0.5, gaussian_snr_db=[10, 10], seed=0)(x)
+    changed = (half != x).flatten(1).any(dim=1).float().mean()
+    assert 0.35 < changed < 0.65
+    with pytest.raises(ConfigError, match="gaussian_p=1.5"):
+        SignalAugment(gaussian_p=1.5)
+    with pytest.raises(ConfigError, match="powerline_hz=70"):
+        SignalAugment(powerline_hz=70.0, rate=125.0)
+
+
+SEEN: list[torch.Tensor] = []
+
+
+class Recording(SignalAugment):
+    """The noise augmentation, recording every batch it is given."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        SEEN.append(x)
+        return super().__call__(x)
+
+
+def test_augmentation_touches_training_batches_only(small_csv, compose_train) -> None:
+    from ecg_experiments.train import train
+
+    SEEN.clear()
+    cfg = compose_train(["data=beats_csv", f"data.train_file={small_csv}", "data/augment=noise",
+                         "trainer.max_epochs=1", "logger=none", "report.enabled=false"])
+    assert cfg.data.augment._target_.endswith("SignalAugment")
+    cfg.data.augment._target_ = f"{__name__}.Recording"
+    train(cfg)
+    # one epoch: exactly the 140 training beats, never the 30 + 30 validation and test beats
+    assert sum(len(x) for x in SEEN) == 140
+
+
+def test_noise_robustness_table_degrades_with_noise(beats) -> None:
+    labels = torch.arange(len(beats)) % 5
+    torch.manual_seed(0)
+    net = KachueeCNN1d(num_classes=5)
+    frame = noise_robustness(net, beats, labels, list("NSVFQ"), [24, 0], seed=0)
+    assert frame["snr_db"].tolist() == ["clean", 24.0, 0.0]
+    assert {"acc", "f1_macro", "recall_S"} <= set(frame.columns)
+    assert frame[["acc", "f1_macro"]].to_numpy().min() >= 0.0
+
+
+def test_init_from_copies_matching_tensors_and_reinitialises_the_head(tmp_path) -> None:
+    source = KachueeCNN1d(num_classes=5)
+    state = {"state_dict": {f"net.{k}": v for k, v in source.state_dict().items()}}
+    torch.save(state, tmp_path / "clean.ckpt")
+    torch.manual_seed(1)
+    target = KachueeCNN1d(num_classes=2)  # PTB: normal vs abnormal
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    report = init_from(target, str(tmp_path / "clean.ckpt"), "sqlite:///unused.db")
+    # only the final linear layer (5 -> 2 classes) differs in shape: it keeps its fresh init
+    assert report.reinitialised == ["head.6.bias", "head.6.weight"]
+    after, before = target.state_dict(), source.state_dict()
+    for key in report.reinitialised:
+        assert torch.equal(after[key], fresh[key])
+    assert report.loaded == sorted(k for k in before if k not in report.reinitialised)
+    for key in report.loaded:
+        assert torch.equal(after[key], before[key])
+    with pytest.raises(ConfigError, match="model.init_from=/no/such.ckpt: no such checkpoint"):
+        init_from(target, "/no/such.ckpt", "sqlite:///unused.db")
+
+
+def test_fine_tune_mitbih_model_on_ptb_through_a_run_id(small_csv, tmp_path, compose_train):
+    """MIT-BIH (5 classes) -> PTB (normal vs abnormal) from the shared sample rows: the
+    clean run's id is enough; the head is reported re-initialised and freezing applies."""
+    import mlflow
+
+    from ecg_experiments.data.beats import write_beats_csv
+    from ecg_experiments.train import train
+    from tests.conftest import FAST
+
+    cfg = compose_train(["data=beats_csv", f"data.train_file={small_csv}", *FAST,
+                         "report.log_model=true"])
+    train(cfg)
+    client = mlflow.MlflowClient(cfg.logger.tracking_uri)
+    first = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
+    normal, _ = read_beats_csv(shared_path("kachuee_samples", "ptbdb_normal_sample.csv"),
+                               class_names=["normal", "abnormal"])
+    abnormal, _ = read_beats_csv(shared_path("kachuee_samples", "ptbdb_abnormal_sample.csv"),
+                                 class_names=["normal", "abnormal"])
+    ptb = tmp_path / "ptb.csv"
+    write_beats_csv(ptb, np.vstack([normal, abnormal]),
+                    np.r_[np.zeros(len(normal)), np.ones(len(abnormal))])
+    cfg = compose_train(["data=beats_csv", f"data.train_file={ptb}",
+                         "data.class_names=[normal,abnormal]",
+                         f"model.init_from={first.info.run_id}", "freeze=last_n", "freeze.n=3",
+                         *FAST])
+    metrics = train(cfg)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              order_by=["attributes.start_time DESC"])
+    tuned = runs[0]
+    assert tuned.info.run_id != first.info.run_id and tuned.info.status == "FINISHED"
+    assert tuned.data.tags["init_from.reinitialised"].startswith("head.")
+    assert int(tuned.data.tags["init_from.loaded_tensors"]) > 10
+    assert "test/acc" in metrics
