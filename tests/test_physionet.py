@@ -117,6 +117,7 @@ def test_unknown_record_name(mitdb_dir: Path, tmp_path: Path) -> None:
     _assert_nothing_written(tmp_path / "out")
 
 
+@pytest.mark.slow  # a CLI process; the bad-input suite covers the same cases
 def test_prepare_cli_reports_a_bad_record_folder(mitdb_dir: Path, tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -37,6 +37,7 @@ def _study(tmp: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp / 'optuna.db'}")
 
 
+@pytest.mark.slow  # ~50 s of sweep processes; `make test-all` runs it
 def test_optuna_search_persists_and_resumes(small_csv: Path, tmp_path: Path) -> None:
     args = ["hparams_search=optuna", "data=beats_csv", f"data.train_file={small_csv}", *FAST,
             "hydra.sweeper.study_name=resume", "hydra.sweeper.n_jobs=2"]
@@ -58,6 +59,7 @@ def test_optuna_search_persists_and_resumes(small_csv: Path, tmp_path: Path) -> 
         p.info.run_id)} for p in parents)
 
 
+@pytest.mark.slow  # ~20 s; `make test-all` runs it
 def test_poor_trials_are_pruned_and_their_runs_still_finish(small_csv, tmp_path) -> None:
     run_cli(["hparams_search=optuna", "data=beats_csv", f"data.train_file={small_csv}", *FAST,
              "trainer.max_epochs=4", "hydra.sweeper.study_name=prune", "hydra.sweeper.n_trials=2",

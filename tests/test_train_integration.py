@@ -90,6 +90,7 @@ def test_cli_records_one_finished_run(kachuee_mitbih_csv: Path, tmp_path: Path) 
     assert list((tmp_path / "runs").glob("*/*/checkpoints/last.ckpt"))
 
 
+@pytest.mark.slow  # a CLI process; the bad-input suite covers the same cases
 def test_cli_user_error_is_one_clear_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "ecg_experiments.train", "data=beats_csv",
