@@ -10,7 +10,7 @@ ARGS    ?=
 SHARED  ?= $(if $(ECG_SHARED_DATA),$(ECG_SHARED_DATA),$(abspath ../shared/data))
 export ECG_MITDB_DIR ?= $(if $(wildcard $(SHARED)/mitdb/RECORDS),$(SHARED)/mitdb,)
 
-.PHONY: install test test-all train ui lint
+.PHONY: install test test-all train ui lint bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) \
 		--backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db \
 		--default-artifact-root $(CURDIR)/outputs/mlartifacts
+
+# benchmarks (a table; outputs/bench/): `make bench ARGS=--quick` in about 2 minutes
+bench: $(STAMP)
+	$(PY) scripts/benchmark.py $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

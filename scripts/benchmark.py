@@ -1,0 +1,224 @@
+"""Benchmarks: training-loop overhead, preparation, rendering and image loading.
+
+1. Loop overhead: training samples/s of the framework (cnn1d, 20,000 real MIT-BIH beats,
+   batch 128, one epoch, the default callbacks with the progress bar, MLflow logging to a
+   temporary SQLite store) against a plain PyTorch loop on the same tensors, alternating
+   repeats; the median ratio (target >= 0.97). Only the training epoch is timed.
+2. Preparation of all 48 records (kachuee recipe, fresh folder) and spectrogram rendering
+   to PNG files (images/s at 64x64 and 227x227).
+3. Image loading: images/s the image DataModule's training loader delivers with its
+   configured workers, against the images/s cnn2d (64x64) trains on.
+
+Prints a table with the core count and writes outputs/bench/benchmark.csv.
+Usage: python scripts/benchmark.py [--quick] [--mitdb DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ecg_experiments.config import PROJECT_ROOT
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_render import real_beats, time_rendering  # noqa: E402
+
+BENCH = PROJECT_ROOT / "outputs" / "bench"
+
+
+class _EpochTimer(pl.Callback):
+    """Wall time of each training epoch (without validation)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def framework_rate(x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
+    """Training samples/s of one epoch through the framework's own Trainer config."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from ecg_experiments.config import CONFIG_DIR
+    from ecg_experiments.data.beats import BeatsDataModuleBase
+    from ecg_experiments.models.classifier import ClassifierModule
+    from ecg_experiments.models.cnn1d import KachueeCNN1d
+
+    class Arrays(BeatsDataModuleBase):
+        def load_splits(self):  # the same tensors as the plain loop; a small val split
+            arrays = {"train": (x.numpy(), y.numpy()), "val": (x[:512].numpy(), y[:512].numpy())}
+            return arrays, None
+
+    with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[
+                "data=beats_csv", "data.train_file=unused", f"paths.outputs_dir={tmp}",
+                f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db", "trainer.max_epochs=1",
+                "trainer.accelerator=cpu", f"callbacks.model_checkpoint.dirpath={tmp}/ckpt",
+            ])
+        torch.manual_seed(seed)
+        module = ClassifierModule(KachueeCNN1d(5), list("NSVFQ"),
+                                  optimizer=instantiate(cfg.optimizer))
+        timer = _EpochTimer()
+        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]
+        trainer = instantiate(cfg.trainer, callbacks=[*callbacks, timer],
+                              logger=instantiate(cfg.logger), num_sanity_val_steps=0)
+        trainer.fit(module, datamodule=Arrays(batch_size=128, seed=seed))
+        return len(x) / timer.seconds[0]
+
+
+def plain_rate(x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
+    """Training samples/s of the same model and data in a hand-written PyTorch loop."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ecg_experiments.models.cnn1d import KachueeCNN1d
+
+    torch.manual_seed(seed)
+    net = KachueeCNN1d(5)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)
+    net.train()
+    start = time.perf_counter()
+    for xb, yb in loader:
+        loss = torch.nn.functional.cross_entropy(net(xb), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return len(x) / (time.perf_counter() - start)
+
+
+def loop_overhead(mitdb: str, beats: int, repeats: int) -> list[dict]:
+    signals, _ = real_beats(mitdb, beats, seed=1)
+    x = torch.from_numpy(signals.astype(np.float32)).unsqueeze(1)
+    y = torch.from_numpy(np.random.default_rng(0).integers(0, 5, len(x)))
+    framework, plain = [], []
+    for r in range(repeats):  # alternating, so drifts of the machine hit both
+        framework.append(framework_rate(x, y, r))
+        plain.append(plain_rate(x, y, r))
+    ratios = [f / p for f, p in zip(framework, plain, strict=True)]
+    return [
+        {"benchmark": f"loop: framework, cnn1d, {beats:,} beats, batch 128",
+         "value": statistics.median(framework), "unit": "samples/s"},
+        {"benchmark": "loop: plain PyTorch, same tensors", "value": statistics.median(plain),
+         "unit": "samples/s"},
+        {"benchmark": f"loop: framework / plain (median of {repeats})",
+         "value": statistics.median(ratios), "unit": "ratio"},
+    ]
+
+
+def preparation(mitdb: str) -> list[dict]:
+    from ecg_experiments.data.mitbih import prepare_mitbih
+    from ecg_experiments.data.segment import KachueeRecipe
+
+    with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
+        start = time.perf_counter()
+        prepare_mitbih(mitdb, tmp, KachueeRecipe(), missing_lead="first", download=False,
+                       progress=False)
+        seconds = time.perf_counter() - start
+    return [{"benchmark": "prepare 48 records (kachuee)", "value": seconds, "unit": "s"}]
+
+
+def rendering(mitdb: str, count: int, repeats: int) -> list[dict]:
+    beats, rate = real_beats(mitdb, count)
+    rows = []
+    for size in (64, 227):
+        result = time_rendering("spectrogram", beats, rate, size, repeats)
+        rows.append({"benchmark": f"render spectrogram PNGs {size}x{size}",
+                     "value": result["files_per_s"], "unit": "images/s"})
+    return rows
+
+
+def image_loading(mitdb: str, per_class: int, workers: int) -> list[dict]:
+    """Loader images/s (cnn2d's 64x64 beat images) against cnn2d's training images/s."""
+    from ecg_experiments.data.images import ImageAugment, ImageDataModule
+    from ecg_experiments.data.mitbih import MitbihDataModule
+    from ecg_experiments.data.render import RenderedBeats, WaveformRenderer
+    from ecg_experiments.data.segment import KachueeRecipe
+    from ecg_experiments.models.backbones import build_backbone
+
+    beats = MitbihDataModule(mitdb, str(PROJECT_ROOT / "outputs" / "data"), KachueeRecipe(),
+                             missing_lead="first", download=False)
+    source = RenderedBeats(beats=beats, renderer=WaveformRenderer(),
+                           out_dir=str(PROJECT_ROOT / "outputs" / "data" / "images"),
+                           image_size=64, max_per_class=per_class, seed=0)
+    dm = ImageDataModule(source=source, class_names=list("NSVFQ"), image_size=64,
+                         mean=[0.5] * 3, std=[0.5] * 3, augment=ImageAugment(),
+                         batch_size=64, num_workers=workers, split="stratified")
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    next(iter(loader))  # workers started
+    start, seen = time.perf_counter(), 0
+    batches = []
+    for xb, yb in loader:
+        seen += len(xb)
+        batches.append((xb, yb))
+    loading = seen / (time.perf_counter() - start)
+    net = build_backbone("cnn2d", 5, input_size=64)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    start = time.perf_counter()
+    for xb, yb in batches:
+        loss = torch.nn.functional.cross_entropy(net(xb), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    training = seen / (time.perf_counter() - start)
+    return [
+        {"benchmark": f"image loader, 64x64 PNG + rotation, {workers} workers",
+         "value": loading, "unit": "images/s"},
+        {"benchmark": "cnn2d training on those batches", "value": training, "unit": "images/s"},
+    ]
+
+
+def main() -> None:
+    default = os.environ.get("ECG_MITDB_DIR") or str(
+        Path(os.environ.get("ECG_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")) / "mitdb"
+    )
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mitdb", default=default, help="raw MIT-BIH folder")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and beats (<= 2 min)")
+    parser.add_argument("--workers", type=int, default=2, help="image loader workers")
+    args = parser.parse_args()
+    BENCH.mkdir(parents=True, exist_ok=True)
+    repeats = 1 if args.quick else 3
+    started = time.perf_counter()
+    rows = loop_overhead(args.mitdb, 5_000 if args.quick else 20_000, repeats)
+    rows += preparation(args.mitdb)
+    rows += rendering(args.mitdb, 1_000 if args.quick else 4_000, repeats)
+    rows += image_loading(args.mitdb, 200 if args.quick else 1_000, args.workers)
+    view = Table(title=f"ecg-experiments benchmarks, {os.cpu_count()} cores, torch "
+                       f"{torch.__version__}, {'quick' if args.quick else 'full'} "
+                       f"({time.perf_counter() - started:.0f} s)")
+    for column in ("benchmark", "value", "unit"):
+        view.add_column(column, justify="right" if column == "value" else "left")
+    for row in rows:
+        value = row["value"]
+        view.add_row(row["benchmark"], f"{value:.3f}" if row["unit"] in ("ratio", "s")
+                     else f"{value:,.0f}", row["unit"])
+    Console().print(view)
+    out = BENCH / "benchmark.csv"
+    pd.DataFrame(rows).assign(cores=os.cpu_count()).to_csv(out, index=False)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
