@@ -53,8 +53,8 @@ def noise_robustness(
         row.update({name: float(values[f"test/{name}"]) for name in SUMMARY})
         row.update({f"recall_{c}": float(values[f"test/recall_{c}"]) for c in class_names})
         rows.append(row)
-        log.info("noise %s at %s dB: acc %.4f, macro-F1 %.4f", kind, row["snr_db"], row["acc"],
-                 row["f1_macro"])
+        log.info("%s: acc %.4f, macro-F1 %.4f", "clean" if snr is None else f"{kind} noise at "
+                 f"{snr:g} dB", row["acc"], row["f1_macro"])
     return pd.DataFrame(rows)
 
 
@@ -85,5 +85,6 @@ def robustness_report(module: Any, datamodule: Any, settings: Mapping[str, Any],
     if logger is not None:
         logger.log_metrics(metrics)
         log_files(logger, files, "report")
-    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    shown = frame.assign(snr_db=[s if s == "clean" else f"{s:g} dB" for s in frame["snr_db"]])
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return metrics
