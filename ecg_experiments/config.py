@@ -46,6 +46,11 @@ def register_resolvers() -> None:
         from ecg_experiments.data.segment import window_length
 
         OmegaConf.register_new_resolver("ecg.window_length", window_length)
+    if not OmegaConf.has_resolver("ecg.rr_count"):  # R-R features a beat carries, or 0
+        from ecg_experiments.data.segment import RR_FEATURES
+
+        OmegaConf.register_new_resolver("ecg.rr_count",
+                                        lambda on: len(RR_FEATURES) if on else 0)
     if not OmegaConf.has_resolver("ecg.timm"):
         OmegaConf.register_new_resolver("ecg.timm", timm_data_config)
     if not OmegaConf.has_resolver("len"):  # None while the classes come from the data
@@ -69,6 +74,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"{group_choice('model')} expects {model_kind} input but {group_choice('data')} "
             f"provides {data_kind} input; choose a {model_kind} dataset or a {data_kind} model"
+        )
+    if cfg.data.get("rr_features") and not cfg.model.net.get("num_features"):
+        raise ConfigError(
+            f"data.rr_features=true but {group_choice('model')} takes no R-R features; use "
+            "model=resnet1d or model=inception1d (num_features follows data.rr_features)"
         )
     monitor = str(cfg.monitor.metric)
     if not monitor.startswith("val/"):

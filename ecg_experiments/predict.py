@@ -64,6 +64,8 @@ def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataF
                          "symbol": beats.symbols})
     labels = beats.labels
     info["true"] = [model.class_names[k] if k >= 0 else "" for k in labels]
+    if data.get("rr_features"):  # as in training: R-R features after the samples
+        return np.concatenate([beats.signals, beats.features], axis=1), info
     return beats.signals, info
 
 

@@ -195,7 +195,9 @@ class MitbihDataModule(BeatsDataModuleBase):
     - interpatient: de Chazal's DS1 for train and validation (validation = whole DS1
       records), DS2 for test; paced records (102, 104, 107, 217) excluded.
     The split is saved beside the prepared data (split.csv, plus Kaggle-format
-    mitbih_train.csv / mitbih_test.csv for the kachuee recipe).
+    mitbih_train.csv / mitbih_test.csv for the kachuee recipe). With `rr_features` (centered
+    recipe) each beat carries its R-R features after its samples, for models with
+    `num_features` (resnet1d, inception1d).
     """
 
     def __init__(
@@ -220,6 +222,7 @@ class MitbihDataModule(BeatsDataModuleBase):
         balance: str = "none",
         balance_to: int | None = None,
         augment: SignalAugment | None = None,
+        rr_features: bool = False,
     ) -> None:
         super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed, balance,
                          balance_to, augment)
@@ -250,6 +253,10 @@ class MitbihDataModule(BeatsDataModuleBase):
         self.val_fraction = float(val_fraction)
         self.test_fraction = float(test_fraction)
         self.prepared_path: Path | None = None
+        self.rr_features = bool(rr_features)
+        if self.rr_features and not isinstance(recipe, CenteredRecipe):
+            raise ConfigError(f"data.rr_features=true: the {recipe.name} recipe makes no R-R "
+                              "features; use data/recipe=centered")
 
     def prepare_data(self) -> None:
         if self.prepared_path is not None:  # Lightning calls this again in fit and test
@@ -275,7 +282,10 @@ class MitbihDataModule(BeatsDataModuleBase):
         labels = table.beats.labels
         frame = split_table(parts, record=table.records, sample=table.beats.samples, label=labels)
         self._save_split(frame, table, parts)
-        arrays = {name: (table.beats.signals[i], labels[i]) for name, i in parts.items()}
+        signals = table.beats.signals
+        if self.rr_features:  # appended after the samples; the model splits them off
+            signals = np.concatenate([signals, table.beats.features], axis=1)
+        arrays = {name: (signals[i], labels[i]) for name, i in parts.items()}
         return arrays, frame
 
     def _save_split(self, frame: pd.DataFrame, table: BeatTable, parts: dict) -> None:

@@ -38,19 +38,34 @@ class XResBlock1d(nn.Module):
         return self.relu(self.body(x) + self.shortcut(x))
 
 
-class ConcatPoolHead(nn.Sequential):
-    """Adaptive average + max pooling, then BN-dropout-linear (fastai's head)."""
+class ConcatPoolHead(nn.Module):
+    """Adaptive average + max pooling, then BN-dropout-linear (fastai's head); `num_features`
+    extra per-beat features (e.g. R-R intervals) join the pooled vector."""
 
-    def __init__(self, channels: int, num_classes: int, dropout: float) -> None:
+    def __init__(self, channels: int, num_classes: int, dropout: float,
+                 num_features: int = 0) -> None:
         super().__init__()
         self.avg = nn.AdaptiveAvgPool1d(1)
         self.max = nn.AdaptiveMaxPool1d(1)
-        self.classifier = nn.Sequential(nn.BatchNorm1d(2 * channels), nn.Dropout(dropout),
-                                        nn.Linear(2 * channels, num_classes))
+        width = 2 * channels + num_features
+        self.classifier = nn.Sequential(nn.BatchNorm1d(width), nn.Dropout(dropout),
+                                        nn.Linear(width, num_classes))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([self.avg(x), self.max(x)], dim=1).flatten(1)
-        return self.classifier(pooled)
+    def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [self.avg(x).flatten(1), self.max(x).flatten(1)]
+        if features is not None:
+            parts.append(features)
+        return self.classifier(torch.cat(parts, dim=1))
+
+
+def split_features(x: torch.Tensor, num_features: int) -> tuple[torch.Tensor,
+                                                                 torch.Tensor | None]:
+    """Beats with `num_features` values appended (`data.rr_features=true`) → (signal,
+    features [batch, num_features]). One tensor keeps export, predict and MLflow signatures
+    simple."""
+    if num_features == 0:
+        return x, None
+    return x[..., :-num_features], x[:, 0, -num_features:]
 
 
 class XResNet1d(nn.Module):
@@ -60,8 +75,9 @@ class XResNet1d(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 1,
                  stem: tuple[int, ...] = (32, 32, 64), widths: tuple[int, ...] = (64, 128, 256),
                  blocks: tuple[int, ...] = (2, 2, 2), kernel_size: int = 5,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, num_features: int = 0) -> None:
         super().__init__()
+        self.num_features = int(num_features)
         stem_layers = []
         previous = in_channels
         for i, width in enumerate(stem):
@@ -75,10 +91,11 @@ class XResNet1d(nn.Module):
                 stages.append(XResBlock1d(previous, width, kernel_size, stride))
                 previous = width
         self.stages = nn.Sequential(*stages)
-        self.head = ConcatPoolHead(previous, num_classes, dropout)
+        self.head = ConcatPoolHead(previous, num_classes, dropout, self.num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(self.stem(x)))
+        signal, features = split_features(x, self.num_features)
+        return self.head(self.stages(self.stem(signal)), features)
 
 
 class InceptionBlock1d(nn.Module):
@@ -107,8 +124,9 @@ class Inception1d(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 1, filters: int = 32,
                  kernels: tuple[int, ...] = (19, 9, 5), bottleneck: int = 32, depth: int = 6,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, num_features: int = 0) -> None:
         super().__init__()
+        self.num_features = int(num_features)
         width = filters * (len(kernels) + 1)
         self.blocks = nn.ModuleList()
         self.shortcuts = nn.ModuleList()
@@ -120,13 +138,14 @@ class Inception1d(nn.Module):
                 self.shortcuts.append(_conv_bn(residual_in, width, 1, relu=False))
                 residual_in = width
         self.relu = nn.ReLU()
-        self.head = ConcatPoolHead(width, num_classes, dropout)
+        self.head = ConcatPoolHead(width, num_classes, dropout, self.num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, features = split_features(x, self.num_features)
         residual = x
         for d, block in enumerate(self.blocks):
             x = block(x)
             if d % 3 == 2:
                 x = self.relu(x + self.shortcuts[d // 3](residual))
                 residual = x
-        return self.head(x)
+        return self.head(x, features)
