@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,17 +16,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ecg_experiments.config import PROJECT_ROOT
 from ecg_experiments.data.mitbih import BeatTable, prepare_mitbih
 from ecg_experiments.data.segment import CenteredRecipe, KachueeRecipe
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_render import default_mitdb  # noqa: E402
+
 
 def main() -> None:
-    default = os.environ.get("ECG_MITDB_DIR") or str(
-        Path(os.environ.get("ECG_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")) / "mitdb"
-    )
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--mitdb", default=default, help="raw MIT-BIH folder")
+    parser.add_argument("--mitdb", default=default_mitdb(), help="raw MIT-BIH folder")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 

@@ -33,6 +33,14 @@ from ecg_experiments.data.render import (
 )
 from ecg_experiments.data.segment import KachueeRecipe
 
+
+def default_mitdb() -> str:
+    """The raw MIT-BIH folder: env ECG_MITDB_DIR, else the shared copy beside the repo."""
+    return os.environ.get("ECG_MITDB_DIR") or str(
+        Path(os.environ.get("ECG_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")) / "mitdb"
+    )
+
+
 RENDERERS = {"spectrogram": SpectrogramRenderer(), "scalogram": ScalogramRenderer(),
              "waveform": WaveformRenderer()}
 
@@ -74,12 +82,9 @@ def time_rendering(name: str, beats: np.ndarray, rate: float, size: int,
 
 
 def main() -> None:
-    default = os.environ.get("ECG_MITDB_DIR") or str(
-        Path(os.environ.get("ECG_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")) / "mitdb"
-    )
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mitdb", default=default, help="raw MIT-BIH folder")
+    parser.add_argument("--mitdb", default=default_mitdb(), help="raw MIT-BIH folder")
     parser.add_argument("--beats", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 227])

@@ -34,7 +34,7 @@ from rich.table import Table
 from ecg_experiments.config import PROJECT_ROOT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_render import real_beats, time_rendering  # noqa: E402
+from bench_render import default_mitdb, real_beats, time_rendering  # noqa: E402
 
 BENCH = PROJECT_ROOT / "outputs" / "bench"
 
@@ -107,12 +107,17 @@ def plain_rate(x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
     loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)
     net.train()
     start = time.perf_counter()
-    for xb, yb in loader:
+    _train_steps(net, optimizer, loader)
+    return len(x) / (time.perf_counter() - start)
+
+
+def _train_steps(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batches) -> None:
+    """Plain PyTorch: forward, cross-entropy, backward, step for every batch."""
+    for xb, yb in batches:
         loss = torch.nn.functional.cross_entropy(net(xb), yb)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return len(x) / (time.perf_counter() - start)
 
 
 def loop_overhead(mitdb: str, beats: int, repeats: int) -> list[dict]:
@@ -188,11 +193,7 @@ def image_loading(mitdb: str, per_class: int, workers: int) -> list[dict]:
     net = build_backbone("cnn2d", 5, input_size=64)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     start = time.perf_counter()
-    for xb, yb in batches:
-        loss = torch.nn.functional.cross_entropy(net(xb), yb)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    _train_steps(net, optimizer, batches)
     training = seen / (time.perf_counter() - start)
     return [
         {"benchmark": f"image loader, 64x64 PNG + rotation, {workers} workers",
@@ -202,12 +203,9 @@ def image_loading(mitdb: str, per_class: int, workers: int) -> list[dict]:
 
 
 def main() -> None:
-    default = os.environ.get("ECG_MITDB_DIR") or str(
-        Path(os.environ.get("ECG_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")) / "mitdb"
-    )
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mitdb", default=default, help="raw MIT-BIH folder")
+    parser.add_argument("--mitdb", default=default_mitdb(), help="raw MIT-BIH folder")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and beats (<= 2 min)")
     parser.add_argument("--workers", type=int, default=2, help="image loader workers")
     args = parser.parse_args()
