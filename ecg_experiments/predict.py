@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ecg_experiments.cli import exit_on_user_error
 from ecg_experiments.data.beats import read_beats_csv
-from ecg_experiments.data.images import IMAGE_EXTENSIONS, ImageFiles, image_transform
+from ecg_experiments.data.images import IMAGE_EXTENSIONS, ImageFiles, image_files, image_transform
 from ecg_experiments.data.physionet import read_record
 from ecg_experiments.data.segment import KachueeRecipe
 from ecg_experiments.errors import DataError
@@ -76,8 +76,7 @@ def _image_inputs(path: Path, model: TrainedModel) -> tuple[Dataset, pd.DataFram
     taken as the true class.
     """
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*")
-                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = image_files(path)
     elif path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
         files = [path]
     else:

@@ -55,7 +55,7 @@ def _check_accelerator(cfg: DictConfig) -> None:
 
 def _class_weights(cfg: DictConfig, datamodule: ClassDataModule) -> list[float] | None:
     weights = cfg.loss.class_weights
-    if weights is None and getattr(datamodule, "balance", "none") == "class_weights":
+    if weights is None and datamodule.balance == "class_weights":
         weights = "balanced"
     if weights is None:
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from ecg_experiments.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+# what PIL raises for a file that is not a readable image (truncated, wrong format, ...)
+UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
 SPLITS = ("auto", "stratified", "records", "given")
 GIVEN = ("train", "val", "test")
 
@@ -90,7 +93,7 @@ def load_image(path: Path, channels: int) -> Image.Image:
                 span = max(float(values.max() - values.min()), 1e-12)
                 image = Image.fromarray(((values - values.min()) / span * 255).astype(np.uint8))
             return image.convert("RGB" if channels == 3 else "L")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+    except UNREADABLE as err:
         raise DataError(f"{path}: not a readable image ({err})") from err
 
 
@@ -117,14 +120,15 @@ def _check_file(path: Path) -> tuple[str, str | None]:
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:  # the bytes already read, decoded once
             image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+    except UNREADABLE as err:
         return digest, str(err) or type(err).__name__
     return digest, None
 
 
-def _images_in(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """Every png/jpg/bmp file under `folder` (recursively), sorted."""
     return sorted(p for p in folder.rglob("*")
                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
@@ -263,7 +267,7 @@ class ImageDataModule(ClassDataModule):
             base = root / part if part else root
             for label, name in enumerate(self.class_names):
                 folder = base / name
-                files = _images_in(folder) if folder.is_dir() else []
+                files = image_files(folder) if folder.is_dir() else []
                 if not files and (part in (None, "train")):
                     raise DataError(
                         f"{folder}: class {name!r} has no images (expected "
