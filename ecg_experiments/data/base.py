@@ -107,14 +107,16 @@ class ClassDataModule(pl.LightningDataModule):
             sampler = DistributedSampler(self.datasets[split], num_replicas=1, rank=0,
                                          shuffle=True, seed=self.seed)
             shuffle = False
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            collate_fn=getattr(getattr(dataset, "dataset", dataset), "collate_fn", None),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -137,6 +137,26 @@ def write_beats_csv(path: str | os.PathLike, signals: np.ndarray, labels: np.nda
         pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(include_header=False))
 
 
+def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Collate function for BatchedTensors: the batch is already stacked."""
+    return batch
+
+
+class BatchedTensors(TensorDataset):
+    """A TensorDataset that the DataLoader reads one batch at a time.
+
+    `__getitems__` (the DataLoader's batched-fetch protocol, also used through Subset) indexes
+    each tensor once with the batch's indices, where the default path indexes 128 single rows
+    and stacks them again; `keep_batch` is the matching collate function.
+    """
+
+    collate_fn = staticmethod(keep_batch)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(tensor[rows] for tensor in self.tensors)
+
+
 class BeatsDataModuleBase(ClassDataModule):
     """Serves beat signals of shape [batch, 1, length] with integer labels.
 
@@ -175,7 +195,7 @@ class BeatsDataModuleBase(ClassDataModule):
             if x.ndim == 2:
                 x = x.unsqueeze(1)
             self.split_labels[name] = labels.astype(np.int64)
-            self.datasets[name] = TensorDataset(x, torch.from_numpy(self.split_labels[name]))
+            self.datasets[name] = BatchedTensors(x, torch.from_numpy(self.split_labels[name]))
         self._balance_training()
         counts = {name: len(ds) for name, ds in self.datasets.items()}
         log.info("beats per split: %s", counts)
