@@ -163,3 +163,40 @@ def test_write_then_read_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(x, signals)
     np.testing.assert_array_equal(y, labels)
     assert [p.name for p in path.parent.iterdir()] == ["beats.csv"]  # no temp file left
+
+
+
+@pytest.mark.parametrize("balance", ["none", "undersample"])
+def test_loader_fetches_whole_batches_in_the_epoch_seeded_order(balance: str) -> None:
+    """BatchedTensors hands the DataLoader one indexed batch (no per-row stacking), through
+    Subset (balancing) too, with exactly the rows the epoch-seeded sampler chose."""
+    import torch
+
+    from ecg_experiments.data.beats import BatchedTensors, BeatsDataModuleBase
+
+    rng = np.random.default_rng(0)
+    signals = rng.normal(size=(300, 187)).astype(np.float32)
+    labels = np.repeat(np.arange(5), [100, 80, 60, 40, 20])
+
+    class Arrays(BeatsDataModuleBase):
+        def load_splits(self):
+            return {"train": (signals, labels), "val": (signals[:20], labels[:20])}, None
+
+    dm = Arrays(batch_size=32, seed=3, balance=balance)
+    dm.setup("fit")
+    dataset = dm.datasets["train"]
+    rows = np.asarray(getattr(dataset, "indices", range(len(dataset))))
+    assert isinstance(getattr(dataset, "dataset", dataset), BatchedTensors)
+    assert len(rows) == (300 if balance == "none" else 5 * 20)
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(2)
+    order = rows[list(loader.sampler)]
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [32] * (len(rows) // 32) + (
+        [len(rows) % 32] if len(rows) % 32 else [])
+    for k, (x, y) in enumerate(batches):
+        chosen = order[32 * k: 32 * (k + 1)]
+        assert torch.equal(x[:, 0], torch.from_numpy(signals[chosen]))
+        assert torch.equal(y, torch.from_numpy(labels[chosen]))
+    loader.sampler.set_epoch(3)
+    assert not torch.equal(next(iter(loader))[1], batches[0][1])  # a new order each epoch
