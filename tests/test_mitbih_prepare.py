@@ -168,6 +168,24 @@ def test_centered_recipe(mitdb_dir: Path) -> None:
     assert pre_ratio[beats.labels == 2].mean() < 0.9 < pre_ratio[beats.labels == 0].mean()
 
 
+def test_rr_features_against_the_average_rhythm() -> None:
+    """The *_avg_ratio features divide by the mean R-R of the 10 minutes around the beat:
+    a patient at 60 then 120 beats/min reads 1.0 in both stretches, an early beat below."""
+    fs = 360.0
+    rr = np.r_[np.full(700, 1.0), np.full(1400, 0.5)]
+    rr[300] = 0.6  # one premature beat in the slow stretch (and a longer pause after it)
+    rr[301] = 1.4
+    samples = np.round(np.r_[0.0, np.cumsum(rr)] * fs).astype(np.int64)
+    features = dict(zip(RR_FEATURES, CenteredRecipe().rr_features(samples, fs).T, strict=True))
+    slow, fast = slice(10, 250), slice(1700, 2000)  # > 5 min from the change of rate
+    np.testing.assert_allclose(features["pre_rr"][fast], 0.5, atol=1e-2)
+    np.testing.assert_allclose(features["pre_rr_avg_ratio"][slow], 1.0, atol=1e-2)
+    np.testing.assert_allclose(features["pre_rr_avg_ratio"][fast], 1.0, atol=1e-2)
+    np.testing.assert_allclose(features["local_rr_avg_ratio"][fast], 1.0, atol=1e-2)
+    assert features["pre_rr_avg_ratio"][301] == pytest.approx(0.6, abs=0.01)
+    assert features["post_rr_avg_ratio"][301] == pytest.approx(1.4, abs=0.01)
+
+
 def test_detector_option_labels_detected_peaks(mitdb_dir: Path) -> None:
     record = read_record(mitdb_dir, "208")
     annotated = len(record.beat_samples)

@@ -55,26 +55,27 @@ def test_stronger_1d_backbones_train_on_beats(name: str) -> None:
 
 
 def test_rr_features_reach_the_head(compose_train, mitdb_dir) -> None:
-    """data.rr_features (centered recipe) appends 4 R-R values per beat; resnet1d splits them
+    """data.rr_features (centered recipe) appends 7 R-R values per beat; resnet1d splits them
     off into its head, and a model without feature input is refused."""
     from hydra.utils import instantiate
 
     from ecg_experiments.config import build, validate_train_config
+    from ecg_experiments.data.segment import RR_FEATURES
     from ecg_experiments.errors import ConfigError
 
     overrides = [f"paths.mitdb_dir={mitdb_dir}", "data.download=false", "data.records=[100,208]",
                  "data/recipe=centered", "data.rr_features=true"]
     cfg = compose_train([*overrides, "model=resnet1d"])
     validate_train_config(cfg)
-    assert cfg.model.net.num_features == 4
+    assert cfg.model.net.num_features == len(RR_FEATURES) == 7
     dm = build(cfg.data)
     dm.setup("fit")
     x, _ = next(iter(dm.train_dataloader()))
-    assert x.shape[-1] == cfg.data.signal_length + 4
+    assert x.shape[-1] == cfg.data.signal_length + 7
     net = instantiate(cfg.model.net)
     base = net(x).detach()
     changed = x.clone()
-    changed[:, 0, -4:] += 1.0  # other R-R values, same waveform: other logits
+    changed[:, 0, -7:] += 1.0  # other R-R values, same waveform: other logits
     assert not torch.allclose(net.eval()(changed), net(x))
     assert base.shape == (len(x), 5)
     with pytest.raises(ConfigError, match="data.rr_features=true but model=cnn1d takes no R-R"):

@@ -16,7 +16,12 @@ from scipy.signal import find_peaks, resample_poly
 
 from ecg_experiments.data.physionet import Record, aami_label
 
-RR_FEATURES = ("pre_rr", "post_rr", "pre_rr_ratio", "post_rr_ratio")
+# R-R features of the centered recipe: the intervals before and after the beat (s), each over
+# the local mean R-R (beats nearby), and the previous, next and local interval over the
+# average R-R of the +-5 minutes around the beat (de Chazal et al. 2004), which puts every
+# patient's rhythm on one scale - what inter-patient classification of S beats rests on
+RR_FEATURES = ("pre_rr", "post_rr", "pre_rr_ratio", "post_rr_ratio",
+               "pre_rr_avg_ratio", "post_rr_avg_ratio", "local_rr_avg_ratio")
 
 
 def window_length(before: float, after: float, rate: float) -> int:
@@ -178,9 +183,11 @@ class KachueeRecipe:
 class CenteredRecipe:
     """A window of `before` + `after` seconds around each annotated R-peak at `rate` Hz.
 
-    Normalised per beat ("zscore", "minmax" or "none"). R-R features per beat: the previous
-    and next R-R interval (s) and each divided by the local mean R-R over
-    `local_rr_beats` beats on either side. Beats whose window leaves the record are dropped.
+    Normalised per beat ("zscore", "minmax" or "none"). R-R features per beat (RR_FEATURES):
+    the previous and next R-R interval (s), each divided by the local mean R-R over
+    `local_rr_beats` beats on either side, and the previous, next and local R-R divided by
+    the average R-R of the `average_rr_seconds` around the beat. Beats whose window leaves
+    the record are dropped.
     """
 
     rate: float = 360.0
@@ -188,6 +195,7 @@ class CenteredRecipe:
     after: float = 0.45
     normalize: str = "zscore"
     local_rr_beats: int = 10
+    average_rr_seconds: float = 600.0
     length: int | None = None  # derived: round(before * rate) + round(after * rate)
 
     name = "centered"
@@ -201,7 +209,7 @@ class CenteredRecipe:
         object.__setattr__(self, "length", length)
 
     def params(self) -> dict:
-        return {"name": self.name, **asdict(self)}
+        return {"name": self.name, **asdict(self), "features": list(RR_FEATURES)}
 
     def rr_features(self, samples: np.ndarray, fs: float) -> np.ndarray:
         if len(samples) < 2:
@@ -213,7 +221,16 @@ class CenteredRecipe:
             pd.Series(pre).rolling(2 * self.local_rr_beats + 1, center=True, min_periods=1)
             .mean().to_numpy()
         )
-        return np.stack([pre, post, pre / local, post / local], axis=1).astype(np.float32)
+        at = pd.to_timedelta(np.asarray(samples) / fs, unit="s")
+        average = (
+            pd.Series(pre, index=at)
+            .rolling(pd.Timedelta(seconds=self.average_rr_seconds), center=True, min_periods=1)
+            .mean().to_numpy()
+        )
+        return np.stack(
+            [pre, post, pre / local, post / local, pre / average, post / average,
+             local / average], axis=1,
+        ).astype(np.float32)
 
     def extract(self, record: Record) -> Beats:
         x = resample(record.signal, record.fs, self.rate)

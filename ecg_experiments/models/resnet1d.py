@@ -39,22 +39,28 @@ class XResBlock1d(nn.Module):
 
 
 class ConcatPoolHead(nn.Module):
-    """Adaptive average + max pooling, then BN-dropout-linear (fastai's head); `num_features`
-    extra per-beat features (e.g. R-R intervals) join the pooled vector."""
+    """Adaptive average + max pooling, then BN-dropout-linear (fastai's head). `num_features`
+    extra per-beat features (e.g. R-R intervals) pass through BN-linear-ReLU to
+    `feature_width` values (so the head can combine them, e.g. "early and followed by a
+    pause") and join the pooled vector."""
 
     def __init__(self, channels: int, num_classes: int, dropout: float,
-                 num_features: int = 0) -> None:
+                 num_features: int = 0, feature_width: int = 32) -> None:
         super().__init__()
         self.avg = nn.AdaptiveAvgPool1d(1)
         self.max = nn.AdaptiveMaxPool1d(1)
-        width = 2 * channels + num_features
+        self.features = None
+        if num_features:
+            self.features = nn.Sequential(nn.BatchNorm1d(num_features),
+                                          nn.Linear(num_features, feature_width), nn.ReLU())
+        width = 2 * channels + (feature_width if num_features else 0)
         self.classifier = nn.Sequential(nn.BatchNorm1d(width), nn.Dropout(dropout),
                                         nn.Linear(width, num_classes))
 
     def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         parts = [self.avg(x).flatten(1), self.max(x).flatten(1)]
-        if features is not None:
-            parts.append(features)
+        if features is not None and self.features is not None:
+            parts.append(self.features(features))
         return self.classifier(torch.cat(parts, dim=1))
 
 
@@ -75,7 +81,8 @@ class XResNet1d(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 1,
                  stem: tuple[int, ...] = (32, 32, 64), widths: tuple[int, ...] = (64, 128, 256),
                  blocks: tuple[int, ...] = (2, 2, 2), kernel_size: int = 5,
-                 dropout: float = 0.2, num_features: int = 0) -> None:
+                 dropout: float = 0.2, num_features: int = 0,
+                 feature_width: int = 32) -> None:
         super().__init__()
         self.num_features = int(num_features)
         stem_layers = []
@@ -91,7 +98,8 @@ class XResNet1d(nn.Module):
                 stages.append(XResBlock1d(previous, width, kernel_size, stride))
                 previous = width
         self.stages = nn.Sequential(*stages)
-        self.head = ConcatPoolHead(previous, num_classes, dropout, self.num_features)
+        self.head = ConcatPoolHead(previous, num_classes, dropout, self.num_features,
+                                   feature_width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         signal, features = split_features(x, self.num_features)
@@ -124,7 +132,8 @@ class Inception1d(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 1, filters: int = 32,
                  kernels: tuple[int, ...] = (19, 9, 5), bottleneck: int = 32, depth: int = 6,
-                 dropout: float = 0.2, num_features: int = 0) -> None:
+                 dropout: float = 0.2, num_features: int = 0,
+                 feature_width: int = 32) -> None:
         super().__init__()
         self.num_features = int(num_features)
         width = filters * (len(kernels) + 1)
@@ -138,7 +147,8 @@ class Inception1d(nn.Module):
                 self.shortcuts.append(_conv_bn(residual_in, width, 1, relu=False))
                 residual_in = width
         self.relu = nn.ReLU()
-        self.head = ConcatPoolHead(width, num_classes, dropout, self.num_features)
+        self.head = ConcatPoolHead(width, num_classes, dropout, self.num_features,
+                                   feature_width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, features = split_features(x, self.num_features)
