@@ -116,6 +116,7 @@ class ClassDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # a dataset (or the one behind a Subset) may bring its own: BatchedTensors
             collate_fn=getattr(getattr(dataset, "dataset", dataset), "collate_fn", None),
         )
 
