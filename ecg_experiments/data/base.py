@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,10 @@ class ClassDataModule(pl.LightningDataModule):
     none; undersample (every class to the smallest); resample (every class to
     `balance_to`, with replacement where needed); class_weights (a class-weighted loss);
     sampler (a weighted random sampler drawing classes equally often).
+    `collate_fn` is the loaders' collate function (None: PyTorch's default).
     """
+
+    collate_fn: Callable[[Any], Any] | None = None
 
     input_kind = "signal"
 
@@ -107,17 +111,15 @@ class ClassDataModule(pl.LightningDataModule):
             sampler = DistributedSampler(self.datasets[split], num_replicas=1, rank=0,
                                          shuffle=True, seed=self.seed)
             shuffle = False
-        dataset = self.datasets[split]
         return DataLoader(
-            dataset,
+            self.datasets[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            # a dataset (or the one behind a Subset) may bring its own: BatchedTensors
-            collate_fn=getattr(getattr(dataset, "dataset", dataset), "collate_fn", None),
+            collate_fn=self.collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:

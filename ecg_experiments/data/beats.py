@@ -150,8 +150,6 @@ class BatchedTensors(TensorDataset):
     and stacks them again; `keep_batch` is the matching collate function.
     """
 
-    collate_fn = staticmethod(keep_batch)
-
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         rows = torch.as_tensor(indices, dtype=torch.long)
         return tuple(tensor[rows] for tensor in self.tensors)
@@ -166,6 +164,7 @@ class BeatsDataModuleBase(ClassDataModule):
     """
 
     input_kind = "signal"
+    collate_fn = staticmethod(keep_batch)  # the datasets are BatchedTensors
 
     def __init__(
         self,

@@ -59,7 +59,7 @@ class ConcatPoolHead(nn.Module):
 
     def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         parts = [self.avg(x).flatten(1), self.max(x).flatten(1)]
-        if features is not None and self.features is not None:
+        if self.features is not None:
             parts.append(self.features(features))
         return self.classifier(torch.cat(parts, dim=1))
 
