@@ -92,8 +92,11 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"optimized_metric={optimized!r}: sweeps may only optimise validation metrics "
             "('val/...'); the test split is for the final report"
         )
-    if cfg.monitor.mode not in ("min", "max"):
-        raise ConfigError(f"monitor.mode={cfg.monitor.mode!r}: expected 'min' or 'max'")
+    for option in ("monitor.mode", "optimized_mode"):
+        mode = OmegaConf.select(cfg, option)
+        if option == "monitor.mode" or mode is not None:
+            if mode not in ("min", "max"):
+                raise ConfigError(f"{option}={mode!r}: expected 'min' or 'max'")
     lr = cfg.optimizer.get("lr")
     if lr is not None and not float(lr) > 0:
         raise ConfigError(f"optimizer.lr={lr}: the learning rate must be > 0")

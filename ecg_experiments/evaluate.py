@@ -1,6 +1,7 @@
 """Evaluate a saved model on a holdout set and track it as a new MLflow run.
 
-`python -m ecg_experiments.evaluate ckpt=<path> | run_id=<id> [data=...] [holdout=test|all]`
+`python -m ecg_experiments.evaluate ckpt=<path> | run_id=<id> [data=...] [holdout=test|all]
+[class_map={data class: model class}]`
 Noise robustness of a signal model: `report.noise_snr_db=[24,12,6,0]` (`report.noise=...`).
 """
 
@@ -10,48 +11,83 @@ import logging
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import ConcatDataset, DataLoader
 
 from ecg_experiments.cli import exit_on_user_error
-from ecg_experiments.config import build, to_container
+from ecg_experiments.config import build, group_choice, to_container
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.report import report_test_results
 from ecg_experiments.evaluation.robustness import robustness_report
-from ecg_experiments.models.checkpoint import resolve_trained_model
+from ecg_experiments.inputs import RemapLabels, match_classes
+from ecg_experiments.models.checkpoint import TrainedModel, resolve_trained_model
 from ecg_experiments.models.classifier import ClassifierModule
 from ecg_experiments.tracking import choice_tags, log_run_metadata
 
 log = logging.getLogger(__name__)
 
 
-def _holdout_loader(datamodule: ClassDataModule, holdout: str) -> DataLoader:
-    if holdout == "test":
-        return datamodule.test_dataloader()
-    if holdout == "all":
-        data = ConcatDataset([datamodule.datasets[s] for s in ("train", "val", "test")
-                              if s in datamodule.datasets])
-        return DataLoader(data, batch_size=datamodule.eval_batch_size, shuffle=False)
-    raise ConfigError(f"holdout={holdout!r}: expected 'test' or 'all'")
+def _holdout_loader(datamodule: ClassDataModule, holdout: str, lookup: list[int]) -> DataLoader:
+    """The holdout samples with their labels turned into the model's (`match_classes`)."""
+    if holdout not in ("test", "all"):
+        raise ConfigError(f"holdout={holdout!r}: expected 'test' or 'all'")
+    splits = ["test"] if holdout == "test" else [s for s in ("train", "val", "test")
+                                                 if s in datamodule.datasets]
+    if len(splits) == 1:
+        data, collate = datamodule.datasets[splits[0]], datamodule.collate_fn
+    else:  # a ConcatDataset is read row by row: PyTorch's default collate
+        data, collate = ConcatDataset([datamodule.datasets[s] for s in splits]), None
+    return DataLoader(data, batch_size=datamodule.eval_batch_size, shuffle=False,
+                      num_workers=datamodule.num_workers,
+                      collate_fn=RemapLabels(lookup, collate))
+
+
+def data_for_model(cfg: DictConfig, model: TrainedModel) -> DictConfig:
+    """The data config to evaluate `model` on: its own run's data, or the `data=...` given,
+    composed with the trained model's `model` node (so `${model.input_size}` and the like
+    resolve to the model's) and set to give the model's input (`model.input`)."""
+    if not cfg.get("data"):
+        return model.config.data
+    root = OmegaConf.merge({"model": model.config.model}, cfg)
+    data = root.data
+    spec = model.input
+    with open_dict(data):
+        if spec.kind == "image":
+            for key in ("image_size", "channels", "mean", "std"):
+                if key in data:
+                    data[key] = list(getattr(spec, key)) if key in ("mean", "std") else \
+                        getattr(spec, key)
+        elif "rr_features" in data and bool(data.rr_features) != bool(spec.features):
+            log.info("data.rr_features=%s: the model takes %s", bool(spec.features),
+                     spec.describe())
+            data.rr_features = bool(spec.features)
+    return data
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test a checkpoint (or an MLflow run's model) and report; return the metrics."""
+    """Test a checkpoint (or an MLflow run's model) and report; return the metrics.
+
+    The data is checked against the model's stored input description, and its classes are
+    matched to the model's by name (`class_map` for deliberate renames).
+    """
     lookup_uri = cfg.logger.tracking_uri if cfg.get("logger") else cfg.paths.tracking_uri
     model, source_run = resolve_trained_model(cfg.get("ckpt"), cfg.get("run_id"), lookup_uri)
-    data_cfg = cfg.data if cfg.get("data") else model.config.data
+    data_cfg = data_for_model(cfg, model)
+    data_option = group_choice("data") if cfg.get("data") else "the model's own data"
     datamodule: ClassDataModule = build(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("test")
-    if datamodule.num_classes != len(model.class_names):
-        raise ConfigError(
-            f"the model predicts {len(model.class_names)} classes ({', '.join(model.class_names)})"
-            f" but the data has {datamodule.num_classes} ({', '.join(datamodule.class_names)})"
-        )
-    module = ClassifierModule(net=model.net, class_names=datamodule.class_names,
-                              config=to_container(model.config))
+    model.input.check_data(datamodule.input_spec(), data_option)
+    lookup = match_classes(model.class_names, datamodule.class_names, cfg.get("class_map"),
+                           data_option)
+    if lookup != list(range(len(model.class_names))):
+        log.info("data classes [%s] matched to the model's [%s] by name",
+                 ", ".join(datamodule.class_names), ", ".join(model.class_names))
+    module = ClassifierModule(net=model.net, class_names=model.class_names,
+                              config=to_container(model.config), input_spec=model.input)
     logger = build(cfg.logger) if cfg.get("logger") else None
     trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[],
                           enable_checkpointing=False)
@@ -62,19 +98,23 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         config_file = run_dir / "config.yaml"
         OmegaConf.save(effective, config_file, resolve=True)
         tags = {**choice_tags(), "source.checkpoint": str(model.checkpoint),
+                "model.input": model.input.describe(),
+                "data.classes": ", ".join(datamodule.class_names),
                 **{f"data.{k}": v for k, v in datamodule.fingerprint().items()}}
         if source_run:
             tags["source.run_id"] = source_run
         log_run_metadata(logger, effective, config_file, tags)
-    results = trainer.test(module, dataloaders=_holdout_loader(datamodule, cfg.holdout),
+    results = trainer.test(module, dataloaders=_holdout_loader(datamodule, cfg.holdout, lookup),
                            verbose=False)
     metrics = {k: float(v) for k, v in results[0].items()}
     metrics.update(report_test_results(
         module, metrics, model.history, run_dir / "report", cfg.report, cfg.seed, logger,
         f"Evaluation of {model.checkpoint.name} ({cfg.holdout})",
     ))
-    if cfg.holdout == "test":
-        metrics.update(robustness_report(module, datamodule, cfg.report, run_dir / "report",
+    if cfg.holdout == "test" and datamodule.input_kind == "signal":
+        labels = torch.as_tensor(lookup)[torch.as_tensor(datamodule.labels("test"))]
+        metrics.update(robustness_report(module.net, datamodule.signals("test"), labels,
+                                         model.input, cfg.report, run_dir / "report",
                                          cfg.seed, logger))
     return metrics
 

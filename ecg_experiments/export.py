@@ -22,14 +22,10 @@ log = logging.getLogger(__name__)
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
-def input_shape(config: DictConfig) -> tuple[int, ...]:
-    """The per-sample input shape of a model from its config."""
-    return (1, int(config.data.signal_length))
-
-
-def _export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path,
+                 input_name: str) -> None:
     batch = torch.export.Dim("batch", min=1)
-    torch.onnx.export(net, (example,), str(path), input_names=["beats"],
+    torch.onnx.export(net, (example,), str(path), input_names=[input_name],
                       output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True,
                       verbose=False)
 
@@ -49,13 +45,13 @@ def export_model(cfg: DictConfig) -> tuple[Path, float]:
     net = model.net.eval()
     output = Path(cfg.output or Path(cfg.paths.run_dir) / f"model{SUFFIX[cfg.format]}")
     generator = torch.Generator().manual_seed(int(cfg.seed))
-    shape = input_shape(model.config)
+    shape = model.input.shape  # what the network takes, stored with it (inputs.py)
     x = torch.rand(int(cfg.parity_inputs), *shape, generator=generator)
     with torch.no_grad():
         expected = net(x).numpy()
     with atomic_path(output) as tmp:
         if cfg.format == "onnx":
-            _export_onnx(net, x[:2], tmp)
+            _export_onnx(net, x[:2], tmp, "beats" if model.input.kind == "signal" else "images")
             got = _run_onnx(tmp, x)
         else:
             scripted = torch.jit.trace(net, x[:2])
@@ -68,8 +64,9 @@ def export_model(cfg: DictConfig) -> tuple[Path, float]:
                 f"{cfg.format} export of {model.checkpoint}: outputs differ from PyTorch by "
                 f"{difference:.2e} > tolerance {cfg.tolerance:g} on {len(x)} inputs; not written"
             )
-    print(f"exported {model.checkpoint} to {output} ({cfg.format}); parity on {len(x)} inputs: "
-          f"max |difference| = {difference:.2e} <= {cfg.tolerance:g}")
+    print(f"exported {model.checkpoint} to {output} ({cfg.format}, input [batch, "
+          f"{', '.join(map(str, shape))}]: {model.input.describe()}); parity on {len(x)} "
+          f"inputs: max |difference| = {difference:.2e} <= {cfg.tolerance:g}")
     return output, difference
 
 

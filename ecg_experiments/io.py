@@ -39,3 +39,33 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def readable_file(path: str | os.PathLike, expected: str) -> Path:
+    """`path` as a Path if it is a file this process can read; else a DataError naming it and
+    `expected` (what should be there, e.g. "a beats CSV file")."""
+    from ecg_experiments.errors import DataError
+
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected {expected}")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; expected {expected}")
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err}); expected "
+                        f"{expected}") from err
+    return path
+
+
+def text_encoding(path: Path) -> str:
+    """The encoding of a text file from its byte-order mark: utf-8-sig, utf-16 or utf-8."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(b"\xef\xbb\xbf"):
+        return "utf-8-sig"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    return "utf-8"

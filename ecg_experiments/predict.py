@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ecg_experiments.cli import exit_on_user_error
 from ecg_experiments.data.beats import read_beats_csv
 from ecg_experiments.data.images import IMAGE_EXTENSIONS, ImageFiles, image_files, image_transform
-from ecg_experiments.data.physionet import read_record
+from ecg_experiments.data.physionet import AAMI_CLASSES, read_record
 from ecg_experiments.data.segment import KachueeRecipe
 from ecg_experiments.errors import DataError
 from ecg_experiments.io import atomic_path
@@ -59,12 +59,18 @@ def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataF
                          require_annotations=False)
     if record is None:
         raise DataError(f"{base}: the record has no {data.get('lead', 'MLII')} lead")
+    if recipe.length != model.input.signal_length:
+        raise DataError(f"{base}: the stored {recipe.name} recipe makes {recipe.length}-sample "
+                        f"beats but the model takes {model.input.describe()}")
     beats = recipe.extract(record)
     info = pd.DataFrame({"record": record.name, "sample": beats.samples,
                          "symbol": beats.symbols})
-    labels = beats.labels
-    info["true"] = [model.class_names[k] if k >= 0 else "" for k in labels]
-    if data.get("rr_features"):  # as in training: R-R features after the samples
+    # the reference label by its AAMI class name (never by its index in the model's classes)
+    info["true"] = [AAMI_CLASSES[k] if k >= 0 else "" for k in beats.labels]
+    if model.input.features:  # as in training: the features after the samples
+        if beats.features.shape[1] != model.input.num_features:
+            raise DataError(f"{base}: the recipe gives {beats.features.shape[1]} per-beat "
+                            f"features but the model takes {model.input.describe()}")
         return np.concatenate([beats.signals, beats.features], axis=1), info
     return beats.signals, info
 
@@ -82,15 +88,15 @@ def _image_inputs(path: Path, model: TrainedModel) -> tuple[Dataset, pd.DataFram
     else:
         raise DataError(f"input={path}: expected an image file ({', '.join(IMAGE_EXTENSIONS)}) "
                         "or a folder of images for this image model")
-    data = model.config.data
-    transform = image_transform(int(data.image_size), list(data.mean), list(data.std))
+    spec = model.input
+    transform = image_transform(int(spec.image_size), list(spec.mean), list(spec.std))
     info = pd.DataFrame({"file": [str(f) for f in files]})
     if path.is_dir():
         folders = [f.relative_to(path).parts[0] if len(f.relative_to(path).parts) > 1 else ""
                    for f in files]
         if any(name in model.class_names for name in folders):
             info["true"] = [name if name in model.class_names else "" for name in folders]
-    dataset = ImageFiles(files, np.full(len(files), -1), transform, int(data.get("channels", 3)))
+    dataset = ImageFiles(files, np.full(len(files), -1), transform, int(spec.channels or 3))
     return dataset, info
 
 
@@ -98,7 +104,7 @@ def load_inputs(path: str | Path, model: TrainedModel) -> tuple[Dataset, pd.Data
     """The model's inputs as a Dataset (beats [1, length] or images [C, H, W]) and a table
     describing each (row or file, record, true class...)."""
     path = Path(path)
-    if model.config.model.get("input_kind") == "image":
+    if model.input.kind == "image":
         return _image_inputs(path, model)
     signals, info = _signal_inputs(path, model)
     x = torch.from_numpy(np.ascontiguousarray(signals, dtype=np.float32)).unsqueeze(1)
@@ -107,7 +113,11 @@ def load_inputs(path: str | Path, model: TrainedModel) -> tuple[Dataset, pd.Data
 
 def _signal_inputs(path: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataFrame]:
     if path.suffix.lower() == ".csv":
-        length = int(model.config.data.get("signal_length", 187))
+        if model.input.features:
+            raise DataError(
+                f"input={path}: the model takes {model.input.describe()}, which a beats CSV "
+                "does not carry; give a WFDB record (the features are computed from it)")
+        length = int(model.input.signal_length)
         signals, labels = read_beats_csv(path, length, model.class_names, labelled=None)
         info = pd.DataFrame({"row": np.arange(len(signals))})
         if labels is not None:

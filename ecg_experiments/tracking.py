@@ -151,12 +151,15 @@ class MlflowSweepCallback(Callback):
             filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
             max_results=10_000,
         )
-        metric = str(config.optimized_metric)
-        scored = [c for c in children if metric in c.data.metrics]
+        # each child logs best/<metric>, its best epoch's value: the same number `train`
+        # returned to the sweeper, so the parent and the sweeper name the same winner
+        key = f"best/{config.optimized_metric}"
+        scored = [c for c in children if key in c.data.metrics]
         if scored:
-            pick = max if str(config.monitor.mode) == "max" else min
-            best = pick(scored, key=lambda c: c.data.metrics[metric])
-            client.log_metric(parent.info.run_id, f"best/{metric}", best.data.metrics[metric])
+            mode = str(config.get("optimized_mode") or config.monitor.mode)
+            pick = max if mode == "max" else min
+            best = pick(scored, key=lambda c: c.data.metrics[key])
+            client.log_metric(parent.info.run_id, key, best.data.metrics[key])
             client.set_tag(parent.info.run_id, "sweep.best_run_id", best.info.run_id)
         client.set_tag(parent.info.run_id, "sweep.jobs", str(len(children)))
         results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"

@@ -138,7 +138,7 @@ def _callbacks(cfg: DictConfig, with_logger: bool) -> list[pl.Callback]:
         if HydraConfig.initialized():
             pruner = build_from_config(HydraConfig.get().sweeper.get("pruner"))
         callbacks.append(OptunaPruning(trial.storage, trial.study_name, int(trial.number),
-                                       cfg.monitor.metric, pruner))
+                                       cfg.optimized_metric, pruner))
     return callbacks
 
 
@@ -184,11 +184,31 @@ def _on_interrupt(tracked: Any, run_dir: Path) -> None:
           f"  {command}", file=sys.stderr)
 
 
+def check_optimized_metric(cfg: DictConfig, class_names: list[str]) -> dict[str, str]:
+    """The validation metrics whose best value a run reports, with their direction:
+    `monitor.metric` (monitor.mode) and `optimized_metric` (optimized_mode). Stops before
+    training when either is not a metric the run computes."""
+    from ecg_experiments.evaluation.metrics import metric_names
+
+    known = metric_names(class_names, "val")
+    chosen = {str(cfg.monitor.metric): str(cfg.monitor.mode)}
+    if cfg.get("optimized_metric") is not None:
+        chosen.setdefault(str(cfg.optimized_metric), str(cfg.get("optimized_mode")
+                                                          or cfg.monitor.mode))
+    for option, name in (("monitor.metric", cfg.monitor.metric),
+                         ("optimized_metric", cfg.get("optimized_metric"))):
+        if name is not None and str(name) not in known:
+            raise ConfigError(f"{option}={name!r}: not a validation metric of this run; "
+                              f"expected one of {', '.join(known)}")
+    return chosen
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint and track one run; return its metrics.
 
     The result holds the test metrics (`test/...`, with confidence intervals) and the best
-    value of the monitored validation metric under `cfg.monitor.metric`.
+    value over the epochs of the monitored and of the optimised validation metric under
+    their names (`cfg.monitor.metric`, `cfg.optimized_metric`).
     """
     validate_train_config(cfg)
     _check_accelerator(cfg)
@@ -208,10 +228,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.data.get("class_names") is None:  # found in the data (e.g. image folder names)
         with open_dict(cfg):
             cfg.data.class_names = list(datamodule.class_names)
+    validation_metrics = check_optimized_metric(cfg, datamodule.class_names)
     net = build(cfg.model.net)
     init = None
     if cfg.model.get("init_from"):  # fine-tune a previous model (before freezing)
-        init = init_from(net, str(cfg.model.init_from), cfg.paths.tracking_uri)
+        init = init_from(net, str(cfg.model.init_from), cfg.paths.tracking_uri,
+                         datamodule.class_names, cfg.model.get("init_class_map"))
     freeze = build(cfg.freeze) if cfg.get("freeze") else NoFreezing()
     freeze.apply(net)
     if (not isinstance(freeze, NoFreezing) and cfg.model.get("pretrained", "") is None
@@ -232,6 +254,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         class_weights=_class_weights(cfg, datamodule),
         label_smoothing=cfg.loss.label_smoothing,
         config=to_container(cfg),
+        input_spec=datamodule.input_spec(),
     )
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=[*_callbacks(cfg, logger is not None), *freeze.callbacks()],
@@ -252,6 +275,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             tags["init_from.checkpoint"] = str(init.source)
             tags["init_from.loaded_tensors"] = str(len(init.loaded))
             tags["init_from.reinitialised"] = ", ".join(init.reinitialised) or "none"
+            tags["init_from.classes_by_name"] = ", ".join(init.classes) or "none"
         # params are immutable in MLflow: a resumed run keeps those it started with
         log_run_metadata(tracked, cfg, files["config"], tags, params=resume_run_id is None)
         if resume_run_id is None:
@@ -275,8 +299,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {}
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
-    if checkpoint is not None and checkpoint.best_model_score is not None:
-        metrics[cfg.monitor.metric] = float(checkpoint.best_model_score)
+    # the best value over the epochs of the monitored and the optimised metric: what the
+    # sweeper gets, what the parent run of a sweep compares (best/<metric>)
+    best = {name: module.best(name, mode) for name, mode in validation_metrics.items()}
+    best = {name: value for name, value in best.items() if value is not None}
+    metrics.update(best)
+    if tracked is not None and best:
+        tracked.log_metrics({f"best/{name}": value for name, value in best.items()})
     if cfg.get("test"):
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None,
                                verbose=False)
@@ -286,11 +315,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 module, metrics, history, run_dir / "report", cfg.report, cfg.seed, tracked,
                 "Test metrics per class (best checkpoint)",
             ))
-            metrics.update(robustness_report(module, datamodule, cfg.report,
-                                             run_dir / "report", cfg.seed, tracked))
+            if datamodule.input_kind == "signal":
+                metrics.update(robustness_report(
+                    module.net, datamodule.signals("test"),
+                    torch.as_tensor(datamodule.labels("test")), datamodule.input_spec(),
+                    cfg.report, run_dir / "report", cfg.seed, tracked))
     if tracked is not None and cfg.report.log_model:
         example = next(iter(datamodule.test_dataloader()))[0][:4]
-        preprocessing = {"input_kind": cfg.model.get("input_kind"), "data": to_container(cfg.data)}
+        preprocessing = {"input": datamodule.input_spec().to_dict(),
+                         "data": to_container(cfg.data)}
         log_model(tracked, module.net, example, datamodule.class_names, preprocessing,
                   best_path or None)
     if tracked is not None:

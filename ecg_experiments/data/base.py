@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, We
 
 from ecg_experiments.data.splits import BALANCE_MODES, balance_indices
 from ecg_experiments.errors import ConfigError
+from ecg_experiments.inputs import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ class ClassDataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def input_spec(self) -> InputSpec:
+        """What this data gives a model (after setup): kind, shape facts, class names."""
+        raise NotImplementedError
 
     def fingerprint(self) -> dict[str, str]:
         """Identifiers of the input data (e.g. file hashes) for tracking."""

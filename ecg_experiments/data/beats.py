@@ -23,11 +23,13 @@ from ecg_experiments.data.augment import SignalAugment
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.data.splits import split_table, stratified_split
 from ecg_experiments.errors import DataError
-from ecg_experiments.io import atomic_path, sha256_file
+from ecg_experiments.inputs import InputSpec, on_signal
+from ecg_experiments.io import atomic_path, readable_file, sha256_file, text_encoding
 
 log = logging.getLogger(__name__)
 
 KAGGLE_SIGNAL_LENGTH = 187
+KAGGLE_RATE = 125.0
 DEFAULT_CLASS_NAMES = ("N", "S", "V", "F", "Q")
 
 
@@ -39,8 +41,8 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _first_line(path: Path) -> str:
-    with open(path, encoding="utf-8", errors="replace") as handle:
+def _first_line(path: Path, encoding: str) -> str:
+    with open(path, encoding=encoding) as handle:
         for line in handle:
             if line.strip():
                 return line.strip()
@@ -68,21 +70,26 @@ def read_beats_csv(
     also accepted and its labels are None. Raises DataError naming the file and line for
     any malformed content.
     """
-    path = Path(path)
     expected = signal_length + 1
-    if not path.is_file():
-        raise DataError(
-            f"{path}: no such file (expected a beats CSV with {expected} columns per row)"
-        )
-    first = _first_line(path)
+    path = readable_file(path, f"a beats CSV file with {expected} columns per row")
+    # a byte-order mark (Excel's UTF-8, UTF-16) is read as such, never taken for a header
+    encoding = text_encoding(path)
+    try:
+        first = _first_line(path, encoding)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a text CSV (byte {err.start} is not {encoding} text); "
+                        f"expected a beats CSV file with {expected} comma-separated numbers "
+                        "per row") from err
     if not first:
         raise DataError(f"{path}: the file is empty (expected rows of {expected} columns)")
     has_header = not all(_is_number(field) for field in first.split(","))
     header_lines = 1 if has_header else 0
     try:
-        frame = pd.read_csv(path, header=0 if has_header else None, low_memory=False)
-    except pd.errors.ParserError as err:
-        raise DataError(f"{path}: malformed CSV ({err}); expected {expected} columns") from err
+        frame = pd.read_csv(path, header=0 if has_header else None, low_memory=False,
+                            encoding=encoding)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: malformed CSV ({str(err).splitlines()[0]}); expected "
+                        f"{expected} comma-separated numbers per row") from err
     if frame.empty:
         raise DataError(f"{path}: no data rows (expected rows of {expected} columns)")
     ncols = frame.shape[1]
@@ -165,6 +172,11 @@ class BeatsDataModuleBase(ClassDataModule):
 
     input_kind = "signal"
     collate_fn = staticmethod(keep_batch)  # the datasets are BatchedTensors
+    # set by subclasses: samples per beat, their rate, and the per-beat values appended
+    # after the samples (e.g. R-R features), which augmentation and noise never touch
+    signal_length: int
+    rate: float
+    feature_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -199,8 +211,12 @@ class BeatsDataModuleBase(ClassDataModule):
         counts = {name: len(ds) for name, ds in self.datasets.items()}
         log.info("beats per split: %s", counts)
 
+    def input_spec(self) -> InputSpec:
+        return InputSpec("signal", tuple(self.class_names), signal_length=self.signal_length,
+                         rate=self.rate, features=self.feature_names)
+
     def signals(self, split: str) -> torch.Tensor:
-        """The beats [n, 1, length] of one split (after setup and balancing)."""
+        """The beats [n, 1, length + features] of one split (after setup and balancing)."""
         dataset = self.datasets[split]
         if isinstance(dataset, Subset):
             return dataset.dataset.tensors[0][dataset.indices]
@@ -209,12 +225,12 @@ class BeatsDataModuleBase(ClassDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.augment is not None and self.trainer is not None and self.trainer.training:
             x, y = batch
-            return self.augment(x), y
+            return on_signal(x, len(self.feature_names), self.augment), y
         return batch
 
 
 class BeatsDataModule(BeatsDataModuleBase):
-    """Beats from Kaggle-format CSV files (`data=beats_csv`).
+    """Beats from Kaggle-format CSV files (`data=beats_csv`), `rate` Hz (125 as published).
 
     With a `test_file`, validation is carved from `train_file` (stratified, `val_fraction`);
     without one, `train_file` is split train/val/test stratified (70/15/15 by default).
@@ -226,6 +242,7 @@ class BeatsDataModule(BeatsDataModuleBase):
         test_file: str | None = None,
         class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
         signal_length: int = KAGGLE_SIGNAL_LENGTH,
+        rate: float = KAGGLE_RATE,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         batch_size: int = 128,
@@ -241,6 +258,7 @@ class BeatsDataModule(BeatsDataModuleBase):
         self.train_file = Path(train_file)
         self.test_file = Path(test_file) if test_file else None
         self.signal_length = int(signal_length)
+        self.rate = float(rate)
         self.val_fraction = float(val_fraction)
         self.test_fraction = float(test_fraction)
 

@@ -24,6 +24,7 @@ from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.data.render import RenderedBeats
 from ecg_experiments.data.splits import grouped_split, split_table, stratified_split
 from ecg_experiments.errors import ConfigError, DataError
+from ecg_experiments.inputs import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +374,10 @@ class ImageDataModule(ClassDataModule):
         self.files = frame
         self._balance_training()
         log.info("images per split: %s", {n: len(d) for n, d in self.datasets.items()})
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec("image", tuple(self.class_names), image_size=self.image_size,
+                         channels=self.channels, mean=tuple(self.mean), std=tuple(self.std))
 
     def paths(self, split: str) -> list[Path]:
         """The image files of one split (after setup and balancing)."""

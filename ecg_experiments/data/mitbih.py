@@ -26,7 +26,7 @@ from ecg_experiments.data.physionet import (
     read_record,
     verify_checksums,
 )
-from ecg_experiments.data.segment import Beats, CenteredRecipe, KachueeRecipe
+from ecg_experiments.data.segment import RR_FEATURES, Beats, CenteredRecipe, KachueeRecipe
 from ecg_experiments.data.splits import grouped_split, split_table, stratified_split
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.io import atomic_path
@@ -257,6 +257,9 @@ class MitbihDataModule(BeatsDataModuleBase):
         if self.rr_features and not isinstance(recipe, CenteredRecipe):
             raise ConfigError(f"data.rr_features=true: the {recipe.name} recipe makes no R-R "
                               "features; use data/recipe=centered")
+        self.signal_length = int(recipe.length)
+        self.rate = float(recipe.rate)
+        self.feature_names = tuple(RR_FEATURES) if self.rr_features else ()
 
     def prepare_data(self) -> None:
         if self.prepared_path is not None:  # Lightning calls this again in fit and test

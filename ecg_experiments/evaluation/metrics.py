@@ -49,6 +49,13 @@ def classification_metrics(
     return MetricCollection(metrics, prefix=f"{stage}/")
 
 
+def metric_names(class_names: Sequence[str], stage: str) -> list[str]:
+    """Every metric name a stage logs (`classification_metrics` plus the loss)."""
+    names = [f"{stage}/{m}" for m in ("loss", "acc", "f1_macro", "precision_macro",
+                                      "recall_macro", "auroc_macro")]
+    return names + [f"{stage}/{m}_{c}" for m in PER_CLASS_METRICS for c in class_names]
+
+
 def per_class_table(
     metrics: Mapping[str, float], class_names: Sequence[str], stage: str = "test",
     support: Sequence[int] | None = None,

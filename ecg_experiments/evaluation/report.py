@@ -46,6 +46,14 @@ def per_class_auroc(y_true: np.ndarray, probs: np.ndarray) -> list[float]:
     return values
 
 
+def macro_average(scores: np.ndarray, support: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """The mean over classes of a per-class score [..., classes], leaving out a class that is
+    neither in the targets nor predicted (tp + fp + fn = 0), as torchmetrics' macro average
+    does: one definition of macro-F1 for the live metrics and the bootstrap."""
+    counted = (support + predicted) > 0
+    return (scores * counted).sum(axis=-1) / np.maximum(counted.sum(axis=-1), 1)
+
+
 def bootstrap_ci(
     y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str], rounds: int = 1000,
     seed: int = 0, level: float = 0.95, chunk: int = 100,
@@ -74,7 +82,7 @@ def bootstrap_ci(
         recall = np.where(support > 0, tp / support, 0.0)
         precision = np.where(predicted > 0, tp / predicted, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    stats = {"acc": tp.sum(axis=1) / n, "f1_macro": f1.mean(axis=1)}
+    stats = {"acc": tp.sum(axis=1) / n, "f1_macro": macro_average(f1, support, predicted)}
     for i, name in enumerate(class_names):
         stats[f"recall_{name}"] = recall[:, i]
     tail = (1 - level) / 2 * 100

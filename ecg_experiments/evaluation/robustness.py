@@ -14,6 +14,7 @@ from torch import nn
 from ecg_experiments.data.augment import add_noise_at_snr
 from ecg_experiments.evaluation.metrics import classification_metrics
 from ecg_experiments.evaluation.plots import plot_metrics_vs_snr
+from ecg_experiments.inputs import InputSpec, on_signal
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,17 @@ def noise_robustness(
     rate: float = 125.0,
     seed: int = 0,
     batch_size: int = 512,
+    num_features: int = 0,
 ) -> pd.DataFrame:
     """One row per condition (clean, then each SNR): accuracy, macro-F1, macro recall and
-    per-class recall of `net` on `signals` [n, 1, length] with `kind` noise added at that SNR
-    (see `ecg_experiments.data.augment`; seeded, the same noise for every model)."""
+    per-class recall of `net` on `signals` [n, 1, length + num_features] with `kind` noise
+    added to the samples at that SNR (see `ecg_experiments.data.augment`; seeded, the same
+    noise for every model). Appended features (R-R intervals) stay as they are."""
     rows = []
     for snr in [None, *snrs_db]:
-        x = signals if snr is None else add_noise_at_snr(signals, float(snr), kind,
-                                                         noise_records, rate, seed)
+        x = signals if snr is None else on_signal(
+            signals, num_features,
+            lambda s, snr=snr: add_noise_at_snr(s, float(snr), kind, noise_records, rate, seed))
         metrics = classification_metrics(class_names, "test", auroc=False)
         values = metrics(_probabilities(net, x, batch_size), labels)
         row: dict[str, Any] = {"snr_db": "clean" if snr is None else float(snr)}
@@ -58,20 +62,22 @@ def noise_robustness(
     return pd.DataFrame(rows)
 
 
-def robustness_report(module: Any, datamodule: Any, settings: Mapping[str, Any], out_dir: Path,
+def robustness_report(net: nn.Module, signals: torch.Tensor, labels: torch.Tensor,
+                      spec: InputSpec, settings: Mapping[str, Any], out_dir: Path,
                       seed: int, logger: Any) -> dict[str, float]:
-    """Run `noise_robustness` on the test split if `settings.noise_snr_db` is set; write the
-    table and plot to `out_dir`, log them and the metrics (`noise/<metric>_snr<db>`)."""
+    """Run `noise_robustness` on test beats (labels in the model's classes, described by the
+    model's input `spec`: rate and appended features) if `settings.noise_snr_db` is set;
+    write the table and plot to `out_dir`, log them and the metrics
+    (`noise/<metric>_snr<db>`)."""
     snrs = settings.get("noise_snr_db")
-    if not snrs or datamodule.input_kind != "signal":
+    if not snrs or spec.kind != "signal":
         return {}
     from ecg_experiments.tracking import log_files
 
-    rate = float(getattr(getattr(datamodule, "recipe", None), "rate", 125.0))
     frame = noise_robustness(
-        module.net, datamodule.signals("test"), torch.as_tensor(datamodule.labels("test")),
-        datamodule.class_names, list(snrs), settings.get("noise", "gaussian"),
-        list(settings.get("noise_records") or []), rate, seed,
+        net, signals, torch.as_tensor(labels), spec.class_names, list(snrs),
+        settings.get("noise", "gaussian"), list(settings.get("noise_records") or []),
+        float(spec.rate or 125.0), seed, num_features=spec.num_features,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"noise_robustness": out_dir / "noise_robustness.csv"}

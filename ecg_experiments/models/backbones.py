@@ -20,6 +20,7 @@ from torch import nn
 
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.models.cnn2d import SmallCNN2d
+from ecg_experiments.models.heads import output_prefixes, reset_classifier
 
 log = logging.getLogger(__name__)
 
@@ -153,19 +154,15 @@ def build_backbone(name: str, num_classes: int, pretrained: str | None = None,
     local = pretrained not in (None, "imagenet")
     if name == "cnn2d":
         net = SmallCNN2d(num_classes, in_channels, input_size, dropout=dropout)
-        head = ("head.4.",)  # the final linear layer
     elif name == "alexnet":
-        net = _torchvision("alexnet", None if local else pretrained)
-        net.classifier[6] = nn.Linear(net.classifier[6].in_features, num_classes)
+        net = reset_classifier(_torchvision("alexnet", None if local else pretrained),
+                               num_classes)
         for index in (0, 3):
             net.classifier[index].p = dropout
-        head = ("classifier.6.",)
     elif name == "inception_v3":
-        net = _torchvision("inception_v3", None if local else pretrained)
+        net = reset_classifier(_torchvision("inception_v3", None if local else pretrained),
+                               num_classes)
         net.dropout.p = dropout
-        net.fc = nn.Linear(net.fc.in_features, num_classes)
-        net.AuxLogits.fc = nn.Linear(net.AuxLogits.fc.in_features, num_classes)
-        head = ("fc.", "AuxLogits.fc.")
     elif name.startswith("timm:"):
         import timm
 
@@ -183,14 +180,12 @@ def build_backbone(name: str, num_classes: int, pretrained: str | None = None,
                 f"({err}); put them in the Hugging Face cache (HF_HOME) where there is "
                 "internet, or give a local file as model.pretrained=<path>"
             ) from err
-        classifier = net.get_classifier()
-        head = tuple(f"{n}." for n, m in net.named_modules() if m is classifier)
     else:
         raise ConfigError(
             f"model net {name!r}: expected alexnet, inception_v3, cnn2d or timm:<name>"
         )
     if local:
-        load_local_weights(net, pretrained, skip=head)
+        load_local_weights(net, pretrained, skip=output_prefixes(net))
     _check_input_size(net, name, in_channels, input_size)
     return net
 

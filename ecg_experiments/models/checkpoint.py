@@ -14,19 +14,38 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ecg_experiments.errors import ConfigError, DataError
+from ecg_experiments.inputs import InputSpec
+from ecg_experiments.models.heads import output_prefixes
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainedModel:
-    """A backbone with its weights, the config it was trained with and its class names."""
+    """A backbone with its weights, the config it was trained with, its class names and the
+    description of its input."""
 
     net: nn.Module
     config: DictConfig
     class_names: list[str]
     checkpoint: Path
     history: list[dict]
+    input: InputSpec
+
+
+def spec_from_config(config: DictConfig, class_names: list[str]) -> InputSpec:
+    """The input description of a checkpoint written before checkpoints carried one."""
+    from ecg_experiments.data.segment import RR_FEATURES
+
+    data, model = config.data, config.model
+    if model.get("input_kind") == "image":
+        return InputSpec("image", tuple(class_names), image_size=int(model.input_size),
+                         channels=int(data.get("channels", 3)), mean=tuple(data.mean),
+                         std=tuple(data.std))
+    rate = data.get("recipe", {}).get("rate") or data.get("rate") or 125.0
+    return InputSpec("signal", tuple(class_names), signal_length=int(data.signal_length),
+                     rate=float(rate),
+                     features=tuple(RR_FEATURES) if data.get("rr_features") else ())
 
 
 def load_trained_model(path: str | os.PathLike) -> TrainedModel:
@@ -62,12 +81,16 @@ def load_trained_model(path: str | os.PathLike) -> TrainedModel:
     except RuntimeError as err:
         raise DataError(f"{path}: weights do not fit the model in its config ({err})") from err
     net.eval()
+    class_names = list(checkpoint.get("ecg_class_names") or config.data.class_names)
+    stored = checkpoint.get("ecg_input")
     return TrainedModel(
         net=net,
         config=config,
-        class_names=list(checkpoint.get("ecg_class_names") or config.data.class_names),
+        class_names=class_names,
         checkpoint=path,
         history=list(checkpoint.get("ecg_history", [])),
+        input=(InputSpec.from_dict(stored) if stored
+               else spec_from_config(config, class_names)),
     )
 
 
@@ -107,12 +130,46 @@ class InitReport:
 
     source: Path
     loaded: list[str]
-    reinitialised: list[str]
+    reinitialised: list[str]  # tensors not copied whole (output layers: see classes)
+    classes: list[str]  # classes whose output rows came from the source, by name
 
 
-def init_from(net: nn.Module, source: str, tracking_uri: str) -> InitReport:
+def _head_rows_by_name(
+    net: nn.Module, state: dict[str, torch.Tensor], source_classes: list[str] | None,
+    class_names: list[str], class_map: dict[str, str] | None,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The output layers' tensors of `net` with each class's row taken from the source row of
+    the same class name (via `class_map`: {new name: source name}); new classes keep their
+    fresh rows. Returns the tensors and the classes that were copied."""
+    class_map = dict(class_map or {})
+    source_index = {name: k for k, name in enumerate(source_classes or [])}
+    pairs = [(j, source_index.get(class_map.get(name, name))) for j, name in
+             enumerate(class_names)]
+    pairs = [(j, i) for j, i in pairs if i is not None]
+    own, tensors = net.state_dict(), {}
+    if not pairs:  # no class in common: the output layers keep their fresh initialisation
+        return {}, []
+    for prefix in output_prefixes(net):
+        for key in (f"{prefix}weight", f"{prefix}bias"):
+            if key not in own or key not in state:
+                continue
+            fresh, old = own[key].clone(), state[key]
+            if fresh.shape[1:] != old.shape[1:] or source_classes is None \
+                    or old.shape[0] != len(source_classes):
+                continue
+            for j, i in pairs:
+                fresh[j] = old[i]
+            tensors[key] = fresh
+    return tensors, [class_names[j] for j, _ in pairs] if tensors else []
+
+
+def init_from(net: nn.Module, source: str, tracking_uri: str,
+              class_names: list[str] | None = None,
+              class_map: dict[str, str] | None = None) -> InitReport:
     """Fine-tuning start: copy into `net` every tensor of a previous model whose name and shape
-    match; the rest (e.g. a head for another class count) keeps its fresh initialisation.
+    match, except the output layer(s) (models/heads.py), whose rows are classes: there each
+    class gets the row of the source class with the same name (`class_map` for deliberate
+    renames, {new name: source name}); a class the source lacks keeps its fresh row.
 
     `source` is an ecg-experiments checkpoint path or an MLflow run id (its best checkpoint).
     """
@@ -131,13 +188,20 @@ def init_from(net: nn.Module, source: str, tracking_uri: str) -> InitReport:
         raise DataError(f"{path}: expected a checkpoint with a state_dict")
     state = {key.removeprefix("net."): value for key, value in state.items()}
     own = net.state_dict()
-    fits = {k: state[k] for k, v in own.items() if k in state and state[k].shape == v.shape}
+    outputs = output_prefixes(net)
+    fits = {k: state[k] for k, v in own.items()
+            if k in state and state[k].shape == v.shape and not k.startswith(outputs)}
     if not fits:
         raise DataError(f"model.init_from={source}: no tensor of {path} fits "
                         f"{type(net).__name__} (another architecture?)")
-    net.load_state_dict({**own, **fits})
-    report = InitReport(path, sorted(fits), sorted(k for k in own if k not in fits))
-    log.info("model.init_from: %d of %d tensors loaded from %s", len(fits), len(own), path)
+    source_classes = checkpoint.get("ecg_class_names") if isinstance(checkpoint, dict) else None
+    head, matched = _head_rows_by_name(net, state, source_classes,
+                                       list(class_names or []), class_map)
+    net.load_state_dict({**own, **fits, **head})
+    report = InitReport(path, sorted(fits),
+                        sorted(k for k in own if k not in fits and k not in head), matched)
+    log.info("model.init_from: %d of %d tensors loaded from %s; output rows copied by class "
+             "name: %s", len(fits), len(own), path, ", ".join(matched) or "none")
     if report.reinitialised:
         log.warning("model.init_from: re-initialised (no tensor of that name and shape in the "
                     "source): %s", ", ".join(report.reinitialised))

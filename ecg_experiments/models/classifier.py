@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from ecg_experiments.evaluation.metrics import classification_metrics
+from ecg_experiments.inputs import InputSpec
 
 AUX_LOSS_WEIGHT = 0.4  # Szegedy et al. 2016 (Inception v3)
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -23,9 +24,11 @@ class ClassifierModule(pl.LightningModule):
 
     `optimizer` and `scheduler` are partials from the config (`_partial_: true`) that take
     the parameters / the optimizer. `config` (the resolved run config) is stored in every
-    checkpoint under "ecg_config" so a checkpoint alone says how it was made. The module
-    keeps a per-epoch `history` of train/val loss and accuracy (also in checkpoints) and,
-    after `test`, the test targets and probabilities in `test_targets` / `test_probs`.
+    checkpoint under "ecg_config" so a checkpoint alone says how it was made, and
+    `input_spec` (what the network takes, inputs.py) under "ecg_input". The module keeps a
+    per-epoch `history` of the train loss, accuracy and macro-F1 and of every validation
+    metric (also in checkpoints; `best()` reads it) and, after `test`, the test targets and
+    probabilities in `test_targets` / `test_probs`.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class ClassifierModule(pl.LightningModule):
         class_weights: Sequence[float] | torch.Tensor | None = None,
         label_smoothing: float = 0.0,
         config: dict | None = None,
+        input_spec: InputSpec | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -46,6 +50,7 @@ class ClassifierModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.monitor = monitor
         self.config = config
+        self.input_spec = input_spec
         weight = None
         if class_weights is not None:
             weight = torch.as_tensor(class_weights, dtype=torch.float32)
@@ -124,7 +129,16 @@ class ClassifierModule(pl.LightningModule):
 
     def _remember(self, stage: str, values: dict[str, float]) -> None:
         row = self.history.setdefault(self.current_epoch, {"epoch": self.current_epoch})
-        row.update({k: v for k, v in values.items() if k.endswith(("/loss", "/acc", "/f1_macro"))})
+        if stage != "val":  # every validation metric is kept: any may be optimised
+            values = {k: v for k, v in values.items() if k.endswith(("/loss", "/acc", "/f1_macro"))}
+        row.update(values)
+
+    def best(self, metric: str, mode: str) -> float | None:
+        """The best value of a validation metric over the epochs so far (`mode` min|max)."""
+        values = [row[metric] for row in self.history.values() if metric in row]
+        if not values:
+            return None
+        return float(max(values) if mode == "max" else min(values))
 
     def on_train_epoch_end(self) -> None:
         self._remember("train", self._log_epoch_metrics("train"))
@@ -165,6 +179,8 @@ class ClassifierModule(pl.LightningModule):
         checkpoint["ecg_config"] = self.config
         checkpoint["ecg_class_names"] = self.class_names
         checkpoint["ecg_history"] = [self.history[e] for e in sorted(self.history)]
+        if self.input_spec is not None:
+            checkpoint["ecg_input"] = self.input_spec.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = {int(row["epoch"]): dict(row) for row in checkpoint.get("ecg_history", [])}

@@ -29,6 +29,8 @@ class KachueeCNN1d(nn.Module):
     Kaggle beats) fixes the size of the first dense layer.
     """
 
+    classifier_names = ("head",)  # the dense layers (models/heads.py)
+
     def __init__(
         self,
         num_classes: int,

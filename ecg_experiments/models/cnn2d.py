@@ -12,6 +12,8 @@ class SmallCNN2d(nn.Module):
     Expects [batch, in_channels, input_size, input_size] (64x64 in the seed study).
     """
 
+    classifier_names = ("head",)  # the dense layers (models/heads.py)
+
     def __init__(self, num_classes: int, in_channels: int = 3, input_size: int = 64,
                  channels: int = 32, hidden: int = 128, dropout: float = 0.0) -> None:
         super().__init__()

@@ -1,8 +1,9 @@
 """Freezing policies for transfer learning (`freeze=none|backbone|last_n|gradual`).
 
 A "layer" is a module that owns parameters itself (a conv, a linear, a norm), in the order
-the network registers them; the "head" is the classifier the network exposes (timm's
-`get_classifier()`, or an attribute named head / fc / classifier).
+the network registers them; the "head" is the network's classifier head(s) as models/heads.py
+defines them (auxiliary heads such as Inception v3's included: their loss counts in
+training, so they always train with the main head).
 """
 
 from __future__ import annotations
@@ -14,24 +15,26 @@ from pytorch_lightning.callbacks import BaseFinetuning
 from torch import nn
 
 from ecg_experiments.errors import ConfigError
+from ecg_experiments.models.heads import heads
 
 log = logging.getLogger(__name__)
-HEAD_NAMES = ("head", "fc", "classifier", "last_linear")
 
 
-def head_of(net: nn.Module) -> nn.Module:
-    """The network's classifier head."""
-    get_classifier = getattr(net, "get_classifier", None)
-    if callable(get_classifier) and isinstance(get_classifier(), nn.Module):
-        return get_classifier()
-    for name in HEAD_NAMES:
-        module = getattr(net, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise ConfigError(
-        f"{type(net).__name__} has no classifier head attribute ({', '.join(HEAD_NAMES)} or "
-        "timm's get_classifier()); use freeze=none or freeze=last_n"
-    )
+def head_modules(net: nn.Module) -> list[nn.Module]:
+    """Every module inside the classifier head(s) (models/heads.py)."""
+    return [m for head in heads(net).values() for m in head.modules()]
+
+
+def backbone_layers(net: nn.Module) -> list[nn.Module]:
+    """Parameter layers outside the classifier head(s), in registration order."""
+    inside = {id(m) for m in head_modules(net)}
+    return [m for m in parameter_layers(net) if id(m) not in inside]
+
+
+def _train_heads(net: nn.Module) -> None:
+    """Every head trainable: the main head and auxiliary ones (whose loss counts too)."""
+    for head in heads(net).values():
+        head.requires_grad_(True)
 
 
 def parameter_layers(net: nn.Module) -> list[nn.Module]:
@@ -63,12 +66,13 @@ class FreezeBackbone(FreezePolicy):
 
     def apply(self, net: nn.Module) -> None:
         net.requires_grad_(False)
-        head_of(net).requires_grad_(True)
+        _train_heads(net)
         log.info("freeze=backbone: %d trainable parameters (head only)", count_trainable(net))
 
 
 class FreezeAllButLastN(FreezePolicy):
-    """Train the last `n` parameter layers (the head counts); freeze the rest."""
+    """Train the last `n` parameter layers (the main head's layers are the last ones;
+    auxiliary heads always train); freeze the rest."""
 
     def __init__(self, n: int) -> None:
         if int(n) < 1:
@@ -76,7 +80,10 @@ class FreezeAllButLastN(FreezePolicy):
         self.n = int(n)
 
     def apply(self, net: nn.Module) -> None:
-        layers = parameter_layers(net)
+        main, *auxiliary = heads(net).values()
+        aux_layers = {id(m) for head in auxiliary for m in head.modules()}
+        main_layers = parameter_layers(main)
+        layers = [m for m in backbone_layers(net) if id(m) not in aux_layers] + main_layers
         if self.n > len(layers):
             raise ConfigError(
                 f"freeze.n={self.n} but {type(net).__name__} has only {len(layers)} layers "
@@ -85,6 +92,8 @@ class FreezeAllButLastN(FreezePolicy):
         net.requires_grad_(False)
         for layer in layers[-self.n:]:
             layer.requires_grad_(True)
+        for head in auxiliary:
+            head.requires_grad_(True)
         log.info("freeze=last_n: last %d of %d layers trainable, %d parameters", self.n,
                  len(layers), count_trainable(net))
 
@@ -112,9 +121,7 @@ class _UnfreezeBackbone(BaseFinetuning):
 
     @staticmethod
     def _backbone(pl_module: pl.LightningModule) -> list[nn.Module]:
-        head = head_of(pl_module.net)
-        return [m for m in parameter_layers(pl_module.net)
-                if m is not head and not any(m is h for h in head.modules())]
+        return backbone_layers(pl_module.net)
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         self.freeze(self._backbone(pl_module), train_bn=False)

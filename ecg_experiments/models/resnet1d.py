@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ecg_experiments.inputs import split_features
+
 
 def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, relu: bool = True,
              zero_bn: bool = False) -> nn.Sequential:
@@ -64,19 +66,11 @@ class ConcatPoolHead(nn.Module):
         return self.classifier(torch.cat(parts, dim=1))
 
 
-def split_features(x: torch.Tensor, num_features: int) -> tuple[torch.Tensor,
-                                                                 torch.Tensor | None]:
-    """Beats with `num_features` values appended (`data.rr_features=true`) → (signal,
-    features [batch, num_features]). One tensor keeps export, predict and MLflow signatures
-    simple."""
-    if num_features == 0:
-        return x, None
-    return x[..., :-num_features], x[:, 0, -num_features:]
-
-
 class XResNet1d(nn.Module):
     """xresnet1d: a 3-convolution stem, stages of residual blocks (stride 2 from the second
     stage), concat-pool head. Defaults suit 187-sample beats (about 1.6 M parameters)."""
+
+    classifier_names = ("head",)  # models/heads.py
 
     def __init__(self, num_classes: int, in_channels: int = 1,
                  stem: tuple[int, ...] = (32, 32, 64), widths: tuple[int, ...] = (64, 128, 256),
@@ -129,6 +123,8 @@ class Inception1d(nn.Module):
     """inception1d (InceptionTime): `depth` inception blocks with a residual shortcut every
     third block, concat-pool head. PTB-XL used kernels 39/19/9 on 1,000-sample records; the
     default here is scaled to 187-sample beats."""
+
+    classifier_names = ("head",)  # models/heads.py
 
     def __init__(self, num_classes: int, in_channels: int = 1, filters: int = 32,
                  kernels: tuple[int, ...] = (19, 9, 5), bottleneck: int = 32, depth: int = 6,

@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 class OptunaPruning(pl.Callback):
-    """Report the monitored validation metric to the job's trial each epoch; stop when pruned.
+    """Report the optimised validation metric to the job's trial each epoch; stop when pruned.
 
     Written here rather than taken from optuna-integration because that callback raises
     TrialPruned, which marks the tracked run FAILED and skips its test; stopping cleanly keeps
