@@ -1,7 +1,11 @@
 """Compare tracked runs in the terminal.
 
-`python -m ecg_experiments.compare [experiment name] [metric=test/f1_macro] [limit=20]
+`python -m ecg_experiments.compare [experiment name] [metric=val/f1_macro] [limit=20]
 [tracking_uri=...]`: one row per run (key params and metrics), best first.
+
+Runs are ranked by a validation metric (by default the monitored one), using each run's best
+epoch (`best/<metric>`, what checkpoints and sweepers chose on); test metrics are shown beside
+it for reading, never for choosing: ranking by a test metric is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ KEY_PARAMS = {
     "epochs": "params.trainer.max_epochs",
     "seed": "params.seed",
 }
-KEY_METRICS = ("test/acc", "test/f1_macro", "test/auroc_macro", "val/f1_macro")
+KEY_METRICS = ("test/acc", "test/f1_macro", "test/auroc_macro")
+DEFAULT_METRIC = "val/f1_macro"  # conf/train.yaml's monitor.metric
 
 
 def default_tracking_uri() -> str:
@@ -38,14 +43,19 @@ def default_tracking_uri() -> str:
 
 
 def compare_runs(
-    tracking_uri: str, experiment: str | None = None, metric: str = "test/f1_macro",
+    tracking_uri: str, experiment: str | None = None, metric: str = DEFAULT_METRIC,
     limit: int = 20,
 ) -> pd.DataFrame:
-    """Runs of one experiment (or all) with key params and metrics, sorted by `metric`.
+    """Runs of one experiment (or all) with key params and metrics, sorted by the validation
+    `metric`'s best epoch (`best/<metric>`; the last epoch's value for runs without it).
 
     Loss-like metrics sort ascending, everything else descending; runs without the metric
     come last.
     """
+    if not metric.startswith("val/"):
+        raise ConfigError(f"metric={metric}: runs are ranked by a validation metric "
+                          "('val/...'); test metrics are shown beside it, but choosing a "
+                          "model on the test split would make its test score optimistic")
     client = mlflow.MlflowClient(tracking_uri)
     if experiment:
         found = client.get_experiment_by_name(experiment)
@@ -66,9 +76,9 @@ def compare_runs(
         mlflow.set_tracking_uri(previous)
     if runs.empty:
         return pd.DataFrame()
-    column = f"metrics.{metric}"
-    if column not in runs:
-        runs[column] = float("nan")
+    column = f"metrics.best/{metric}"
+    last = runs.get(f"metrics.{metric}", pd.Series(float("nan"), index=runs.index))
+    runs[column] = runs[column].fillna(last) if column in runs else last
     ascending = "loss" in metric
     runs = runs.sort_values(column, ascending=ascending, na_position="last").head(limit)
     table = pd.DataFrame({
@@ -79,7 +89,8 @@ def compare_runs(
     })
     for label, key in KEY_PARAMS.items():
         table[label] = runs[key] if key in runs else ""
-    for name in dict.fromkeys((metric, *KEY_METRICS)):
+    table[f"best {metric}"] = runs[column]
+    for name in KEY_METRICS:
         key = f"metrics.{name}"
         table[name] = runs[key] if key in runs else float("nan")
     return table.reset_index(drop=True)
@@ -90,8 +101,8 @@ def print_runs(table: pd.DataFrame, metric: str) -> None:
         Console().print("no runs found")
         return
     empty = [c for c in table.columns if table[c].isna().all() or (table[c] == "").all()]
-    table = table.drop(columns=[c for c in empty if c != metric])
-    view = Table(title=f"Runs sorted by {metric}")
+    table = table.drop(columns=[c for c in empty if c != f"best {metric}"])
+    view = Table(title=f"Runs ranked by their best {metric} (test metrics for reading only)")
     for column in table.columns:
         view.add_column(column, justify="right" if "/" in column else "left", no_wrap=True)
     for row in table.itertuples(index=False):
@@ -102,7 +113,7 @@ def print_runs(table: pd.DataFrame, metric: str) -> None:
 
 def parse_args(argv: Sequence[str]) -> dict[str, str]:
     """`[experiment] [metric=...] [limit=...] [tracking_uri=...]`."""
-    options = {"metric": "test/f1_macro", "limit": "20", "tracking_uri": default_tracking_uri(),
+    options = {"metric": DEFAULT_METRIC, "limit": "20", "tracking_uri": default_tracking_uri(),
                "experiment": ""}
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -112,7 +123,7 @@ def parse_args(argv: Sequence[str]) -> dict[str, str]:
             options[key] = value
         else:
             raise ConfigError(
-                f"unknown option {key!r}; usage: compare [experiment] [metric=test/f1_macro] "
+                f"unknown option {key!r}; usage: compare [experiment] [metric=val/f1_macro] "
                 "[limit=20] [tracking_uri=...]"
             )
     return options

@@ -37,9 +37,10 @@ def _holdout_loader(datamodule: ClassDataModule, holdout: str, lookup: list[int]
     splits = ["test"] if holdout == "test" else [s for s in ("train", "val", "test")
                                                  if s in datamodule.datasets]
     if len(splits) == 1:
-        data, collate = datamodule.datasets[splits[0]], datamodule.collate_fn
+        data, collate = datamodule.evaluation_dataset(splits[0]), datamodule.collate_fn
     else:  # a ConcatDataset is read row by row: PyTorch's default collate
-        data, collate = ConcatDataset([datamodule.datasets[s] for s in splits]), None
+        data = ConcatDataset([datamodule.evaluation_dataset(s) for s in splits])
+        collate = None
     return DataLoader(data, batch_size=datamodule.eval_batch_size, shuffle=False,
                       num_workers=datamodule.num_workers,
                       collate_fn=RemapLabels(lookup, collate))

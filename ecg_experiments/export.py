@@ -27,7 +27,7 @@ def _export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path,
     batch = torch.export.Dim("batch", min=1)
     torch.onnx.export(net, (example,), str(path), input_names=[input_name],
                       output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True,
-                      verbose=False)
+                      verbose=False, external_data=False)  # one file (it is renamed into place)
 
 
 def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ecg_experiments.config import PROJECT_ROOT
-from ecg_experiments.errors import DataError
+from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.evaluate import evaluate
 from ecg_experiments.evaluation.report import bootstrap_ci, report_table
 from ecg_experiments.export import export_model
@@ -168,14 +168,20 @@ def test_report_table_auroc_and_averages_against_sklearn() -> None:
     assert micro["specificity"] == pytest.approx(tn / (2 * len(y)))
 
 
-def test_compare_sorts_runs_by_the_chosen_metric(tmp_path) -> None:
+def test_compare_ranks_by_the_best_validation_epoch_and_refuses_test_metrics(tmp_path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment("study", artifact_location=(tmp_path / "a").as_uri())
-    for name, f1, loss in (("low", 0.5, 0.3), ("high", 0.9, 0.9), ("mid", 0.7, 0.1)):
+    # best validation F1 high > mid > low; the test F1 would rank them the other way round,
+    # and the last epoch's validation F1 of "high" (0.2, after early stopping) is its lowest
+    for name, best_f1, last_f1, test_f1, loss in (("low", 0.5, 0.5, 0.9, 0.3),
+                                                  ("high", 0.9, 0.2, 0.5, 0.9),
+                                                  ("mid", 0.7, 0.7, 0.7, 0.1)):
         run = client.create_run(experiment, run_name=name)
-        client.log_metric(run.info.run_id, "test/f1_macro", f1)
-        client.log_metric(run.info.run_id, "test/loss", loss)
+        client.log_metric(run.info.run_id, "best/val/f1_macro", best_f1)
+        client.log_metric(run.info.run_id, "val/f1_macro", last_f1)
+        client.log_metric(run.info.run_id, "test/f1_macro", test_f1)
+        client.log_metric(run.info.run_id, "val/loss", loss)
         client.set_terminated(run.info.run_id)
     result = subprocess.run(
         [sys.executable, "-m", "ecg_experiments.compare", "study", f"tracking_uri={uri}"],
@@ -188,8 +194,11 @@ def test_compare_sorts_runs_by_the_chosen_metric(tmp_path) -> None:
         "high", "mid", "low"]
     from ecg_experiments.compare import compare_runs
 
-    by_loss = compare_runs(uri, "study", "test/loss")
+    assert "test/f1_macro" in result.stdout  # shown beside, for reading
+    by_loss = compare_runs(uri, "study", "val/loss")  # no best/val/loss: the last value
     assert by_loss["name"].tolist() == ["mid", "low", "high"]  # a loss sorts ascending
+    with pytest.raises(ConfigError, match="validation metric"):
+        compare_runs(uri, "study", "test/f1_macro")
     bad = subprocess.run(
         [sys.executable, "-m", "ecg_experiments.compare", "nope", f"tracking_uri={uri}"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,

@@ -70,6 +70,10 @@ class ClassDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def evaluation_dataset(self, split: str) -> Dataset:
+        """One split as evaluation sees it: no training-time augmentation."""
+        return self.datasets[split]
+
     def input_spec(self) -> InputSpec:
         """What this data gives a model (after setup): kind, shape facts, class names."""
         raise NotImplementedError

@@ -157,8 +157,10 @@ class ImageDataModule(ClassDataModule):
     (`split`): auto (given when `root/train` exists, else stratified), stratified (seeded,
     `val_fraction` and `test_fraction` of the images), records (no group in two splits; the
     group is the first capture of `group_regex` in the file name, e.g. the MIT-BIH record),
-    given. Exact duplicates (same SHA-256) always share a split. The split is saved as a
-    file list (`split_frame`, written to the run folder and MLflow).
+    given. Exact duplicates (same SHA-256) always share a split; in given splits a copy of an
+    image of an earlier split (train, val, test) is left out of the later one, with a
+    warning. The split is saved as a file list (`split_frame`, written to the run folder and
+    MLflow).
 
     Class names are the sorted folder names unless `class_names` lists them (in label
     order). A file that does not decode is a DataError naming it, or is skipped with a
@@ -217,6 +219,7 @@ class ImageDataModule(ClassDataModule):
         self.skip_bad_images = bool(skip_bad_images)
         self.source = source
         self.files: pd.DataFrame | None = None
+        self.cross_split_duplicates = 0
 
     # -- discovery ------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -325,13 +328,33 @@ class ImageDataModule(ClassDataModule):
                     frame.iloc[train], {"train": 1 - self.val_fraction,
                                         "val": self.val_fraction}, f"{source}/train")
                 parts["train"], parts["val"] = train[inner["train"]], train[inner["val"]]
-            return parts
+            return self._drop_cross_split_duplicates(frame, parts)
         fractions = {"train": 1 - self.val_fraction - self.test_fraction,
                      "val": self.val_fraction, "test": self.test_fraction}
         if self.split == "records":
             groups = _components(frame["sha256"].to_numpy(), self._record_of(frame["path"]))
             return grouped_split(groups, fractions, self.seed, f"{source} records")
         return self._grouped_stratified(frame, fractions, source)
+
+    def _drop_cross_split_duplicates(self, frame: pd.DataFrame,
+                                     parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Given splits: an image whose exact copy (same SHA-256) is in an earlier split
+        (train, then val, then test) is left out of the later one, so no image is both
+        trained and tested on; the count is logged and tagged."""
+        digests = frame["sha256"].to_numpy()
+        seen: set[str] = set()
+        kept = {}
+        for name in GIVEN:
+            rows = parts[name]
+            keep = np.array([digests[r] not in seen for r in rows], dtype=bool)
+            seen.update(digests[rows].tolist())
+            kept[name] = rows[keep]
+            if (~keep).any():
+                log.warning("%s/%s: %d image(s) are exact copies of images in an earlier split "
+                            "and are left out of %s (e.g. %s)", self.root, name,
+                            int((~keep).sum()), name, frame["path"].iloc[rows[~keep][0]])
+        self.cross_split_duplicates = sum(len(parts[n]) - len(kept[n]) for n in GIVEN)
+        return kept
 
     def _grouped_stratified(self, frame: pd.DataFrame, fractions: dict[str, float],
                             source: str) -> dict[str, np.ndarray]:
@@ -375,6 +398,15 @@ class ImageDataModule(ClassDataModule):
         self._balance_training()
         log.info("images per split: %s", {n: len(d) for n, d in self.datasets.items()})
 
+    def evaluation_dataset(self, split: str) -> Dataset:
+        """The split's images with the evaluation transform (the training split's dataset
+        rotates and crops at random)."""
+        dataset = self.datasets[split]
+        if split != "train":
+            return dataset
+        return ImageFiles(self.paths(split), self.split_labels[split],
+                          image_transform(self.image_size, self.mean, self.std), self.channels)
+
     def input_spec(self) -> InputSpec:
         return InputSpec("image", tuple(self.class_names), image_size=self.image_size,
                          channels=self.channels, mean=tuple(self.mean), std=tuple(self.std))
@@ -393,5 +425,6 @@ class ImageDataModule(ClassDataModule):
             info["images.sha256"] = hashlib.sha256(listing.encode()).hexdigest()
             info["images"] = str(len(self.files))
             info["duplicates"] = str(self.duplicate_images)
+            info["cross_split_duplicates_left_out"] = str(self.cross_split_duplicates)
             info["skipped_bad_images"] = str(self.skipped_images)
         return info

@@ -16,7 +16,7 @@ import numpy as np
 import wfdb
 
 from ecg_experiments.errors import DataError
-from ecg_experiments.io import sha256_file
+from ecg_experiments.io import readable_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,8 @@ def _check_dat_size(directory: Path, header: wfdb.Record) -> None:
             return
         sizes[file_name] = sizes.get(file_name, 0.0) + per_sample * header.sig_len
     for file_name, expected in sizes.items():
-        actual = (directory / file_name).stat().st_size
+        actual = readable_file(directory / file_name, f"the signal file of record "
+                               f"{header.record_name}").stat().st_size
         if actual < int(expected):
             raise DataError(
                 f"record {header.record_name}: {directory / file_name} has {actual:,} bytes but "
@@ -192,6 +193,7 @@ def read_record(
     """
     directory = Path(directory)
     base = str(directory / name)
+    readable_file(f"{base}.hea", f"the WFDB header of record {name}")
     try:
         header = wfdb.rdheader(base)
     except Exception as err:

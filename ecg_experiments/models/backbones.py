@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ecg_experiments.errors import ConfigError, DataError
+from ecg_experiments.io import readable_file
 from ecg_experiments.models.cnn2d import SmallCNN2d
 from ecg_experiments.models.heads import output_prefixes, reset_classifier
 
@@ -28,8 +29,9 @@ DEFAULT_SIZES = {"alexnet": 227, "inception_v3": 299, "cnn2d": 64}
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"model.pretrained={path}: no such weights file")
+    readable_file(path, "model.pretrained: a weights file (.pth, .pt or .safetensors)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -15,6 +15,7 @@ from torch import nn
 
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.inputs import InputSpec
+from ecg_experiments.io import readable_file
 from ecg_experiments.models.heads import output_prefixes
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,8 @@ def load_trained_model(path: str | os.PathLike) -> TrainedModel:
 
     Loads with `torch.load(weights_only=True)`: a checkpoint cannot run code on load.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such checkpoint file")
+    path = readable_file(path, "a checkpoint written by `python -m ecg_experiments.train` "
+                         "(.ckpt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
@@ -174,9 +174,11 @@ def init_from(net: nn.Module, source: str, tracking_uri: str,
     `source` is an ecg-experiments checkpoint path or an MLflow run id (its best checkpoint).
     """
     path = Path(source)
-    if not path.is_file():
-        if path.suffix in (".ckpt", ".pt", ".pth") or "/" in source:
-            raise ConfigError(f"model.init_from={source}: no such checkpoint file")
+    if path.exists():
+        readable_file(path, "model.init_from: a checkpoint file (.ckpt) or an MLflow run id")
+    elif path.suffix in (".ckpt", ".pt", ".pth") or "/" in source:
+        raise ConfigError(f"model.init_from={source}: no such checkpoint file")
+    else:
         path = checkpoint_from_run(source, tracking_uri)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)

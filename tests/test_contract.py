@@ -1,0 +1,173 @@
+"""The contract matrix: every model option, with a data option it accepts, on tiny real data,
+through every step a trained model meets: train → evaluate (by MLflow run id, by checkpoint,
+and on data given explicitly, image classes in another order) → predict → export (ONNX and
+TorchScript, parity-checked) → init_from into a new run.
+
+A new model or data option joins by adding one row to MODELS. The rows whose training is
+cheap run in the default suite; the ImageNet-sized networks are `slow`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecg_experiments.data.beats import read_beats_csv, write_beats_csv
+from ecg_experiments.data.render import WaveformRenderer, write_images
+from ecg_experiments.evaluate import evaluate
+from ecg_experiments.export import export_model
+from ecg_experiments.models.checkpoint import checkpoint_from_run, load_trained_model
+from ecg_experiments.predict import predict
+from ecg_experiments.train import train
+from tests.conftest import compose_config, shared_path
+
+STEPS = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+         "report.bootstrap_rounds=0", "callbacks.progress_bar=null",
+         "callbacks.early_stopping=null"]
+IMAGE_ORDER = ["V", "N", "S"]  # the label order of training; the folders sort N, S, V
+
+
+def _data(kind: str, inputs: dict[str, Path]) -> list[str]:
+    if kind == "csv":
+        return ["data=beats_csv", f"data.train_file={inputs['csv']}", "data.batch_size=32"]
+    if kind == "rr":
+        return ["data=mitbih", "data/recipe=centered", "data.rr_features=true",
+                "data.records=[100,106]", f"paths.mitdb_dir={inputs['mitdb']}",
+                "data.download=false", "data.batch_size=32"]
+    return ["data=image_folder", f"data.root={inputs['images']}", "data.num_workers=0",
+            f"data.class_names=[{','.join(IMAGE_ORDER)}]", "data.batch_size=8",
+            "data.eval_batch_size=16"]
+
+
+# model option (+ overrides), data kind; `slow` marks the ImageNet-sized networks
+MODELS = [
+    pytest.param("cnn1d", [], "csv", id="cnn1d"),
+    pytest.param("resnet1d", ["model.net.widths=[16,32,64]"], "csv", id="resnet1d",
+                 marks=pytest.mark.slow),
+    pytest.param("inception1d", ["model.net.depth=3"], "csv", id="inception1d",
+                 marks=pytest.mark.slow),
+    pytest.param("resnet1d", ["model.net.widths=[16,32,64]"], "rr", id="resnet1d+rr"),
+    pytest.param("inception1d", ["model.net.depth=3"], "rr", id="inception1d+rr",
+                 marks=pytest.mark.slow),
+    pytest.param("cnn2d", [], "image", id="cnn2d"),
+    pytest.param("alexnet", [], "image", id="alexnet", marks=pytest.mark.slow),
+    pytest.param("inception_v3", [], "image", id="inception_v3", marks=pytest.mark.slow),
+    pytest.param("timm", ["model.name=test_efficientnet"], "image", id="timm",
+                 marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real beats: 40 public rows per class as a CSV, and the first 12 N, S and V rows drawn
+    as 64x64 line images in class folders."""
+    root = tmp_path_factory.mktemp("contract")
+    x, y = read_beats_csv(shared_path("kachuee_samples", "mitbih_train_sample.csv"))
+    keep = np.concatenate([np.flatnonzero(y == k)[:40] for k in range(5)])
+    write_beats_csv(root / "beats.csv", x[keep], y[keep])
+    images = root / "images"
+    for label, name in enumerate("NSV"):
+        (images / name).mkdir(parents=True)
+        rows = np.flatnonzero(y == label)[:12]
+        write_images(WaveformRenderer(), x[rows], 125.0, 64,
+                     [images / name / f"{100 + i}_{i:06d}.png" for i in range(len(rows))])
+    return {"csv": root / "beats.csv", "images": images, "mitdb": shared_path("mitdb")}
+
+
+def _store(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> mlflow.MlflowClient:
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return mlflow.MlflowClient(uri)
+
+
+def _runs(client: mlflow.MlflowClient) -> list:
+    return client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              order_by=["attributes.start_time ASC"])
+
+
+def _per_class(metrics: dict[str, float], names: list[str]) -> dict[str, float]:
+    return {n: metrics[f"test/recall_{n}"] for n in names}
+
+
+@pytest.mark.parametrize("model,model_args,kind", MODELS)
+def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_path,
+                                          monkeypatch) -> None:
+    client = _store(tmp_path, monkeypatch)
+    data = _data(kind, inputs)
+    args = [f"model={model}", *model_args, *data, *STEPS]
+    # 1. train: a FINISHED run whose checkpoint carries the input description
+    metrics = train(compose_config(tmp_path / "train", args))
+    (run,) = _runs(client)
+    assert run.info.status == "FINISHED" and "test/acc" in metrics
+    ckpt = checkpoint_from_run(run.info.run_id, client.tracking_uri, str(tmp_path / "ckpt"))
+    trained = load_trained_model(ckpt)
+    spec = trained.input
+    size = trained.config.model.get("input_size")
+    expected_shape = {"csv": (1, 187), "rr": (1, 252 + 7), "image": (3, size, size)}[kind]
+    assert spec.shape == expected_shape
+    classes = list(IMAGE_ORDER) if kind == "image" else list("NSVFQ")
+    assert trained.class_names == list(spec.class_names) == classes
+
+    # 2. evaluate by run id and by checkpoint: the same numbers as training's test
+    evaluation = ["report.bootstrap_rounds=0", "logger=none"]
+    by_run = evaluate(compose_config(tmp_path / "e1", [f"run_id={run.info.run_id}",
+                                                       *evaluation], "eval"))
+    by_ckpt = evaluate(compose_config(tmp_path / "e2", [f"ckpt={ckpt}", *evaluation], "eval"))
+    for key in ("test/acc", "test/f1_macro"):
+        assert by_run[key] == pytest.approx(metrics[key]) == pytest.approx(by_ckpt[key])
+
+    # 3. evaluate on data given explicitly (composed against the stored model, not the
+    # eval config's defaults); image folders without class_names sort their classes N, S, V
+    # and are matched to the model's V, N, S by name
+    explicit = [a for a in data if not a.startswith(("data.class_names", "data.rr_features"))]
+    own = evaluate(compose_config(tmp_path / "e3", [f"ckpt={ckpt}", "holdout=all",
+                                                    *evaluation], "eval"))
+    given = evaluate(compose_config(tmp_path / "e4", [f"ckpt={ckpt}", "holdout=all",
+                                                      *explicit, *evaluation], "eval"))
+    assert given["test/acc"] == pytest.approx(own["test/acc"])
+    assert _per_class(given, classes) == pytest.approx(_per_class(own, classes))
+
+    # 4. predict: a CSV, a raw record (R-R models) or an image folder
+    source = {"csv": inputs["csv"], "rr": inputs["mitdb"] / "100.hea",
+              "image": inputs["images"]}[kind]
+    frame = predict(compose_config(tmp_path / "p", [f"ckpt={ckpt}", f"input={source}"],
+                                   "predict"))
+    probs = frame[[f"prob_{c}" for c in classes]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    if kind == "rr":
+        assert len(frame) > 2000 and set(frame["true"]) <= {"N", "S", "V"}
+    else:  # the whole CSV / folder: agreement with the truth = evaluate's accuracy on it
+        assert (frame["true"] == frame["predicted"]).mean() == pytest.approx(own["test/acc"])
+
+    # 5. export, both formats, parity-checked on inputs of the stored shape
+    for fmt in ("onnx", "torchscript"):
+        path, difference = export_model(compose_config(
+            tmp_path / f"x-{fmt}", [f"ckpt={ckpt}", f"format={fmt}", "parity_inputs=8"],
+            "export"))
+        assert path.is_file() and difference <= 1e-4
+    import onnxruntime  # the written file alone (no external data left behind) takes the input
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "x-onnx" / "run" / "model.onnx"))
+    assert session.get_inputs()[0].shape[1:] == list(expected_shape)
+
+    # 6. init_from: a new run starts from this one; every output row copied by class name
+    train(compose_config(tmp_path / "tuned", [*args, f"model.init_from={run.info.run_id}"]))
+    tuned = _runs(client)[-1]
+    assert tuned.info.status == "FINISHED" and tuned.info.run_id != run.info.run_id
+    assert int(tuned.data.tags["init_from.loaded_tensors"]) > 4
+    assert tuned.data.tags["init_from.classes_by_name"] == ", ".join(classes)
+    assert tuned.data.tags["init_from.reinitialised"] == "none"
+
+
+def test_matrix_rows_cover_every_model_option() -> None:
+    """Adding a model config without a row here fails: the matrix is the contract."""
+    from ecg_experiments.config import CONFIG_DIR
+
+    options = {p.stem for p in (CONFIG_DIR / "model").glob("*.yaml")}
+    assert {p.values[0] for p in MODELS} == options
+    kinds = pd.Series({p.id: p.values[2] for p in MODELS})
+    assert set(kinds) == {"csv", "rr", "image"}
