@@ -15,3 +15,10 @@ class DataError(EcgUserError):
 
 class ConfigError(EcgUserError):
     """A configuration option is missing, invalid or inconsistent with another."""
+
+
+def first_sentence(err: BaseException) -> str:
+    """The first sentence of a library exception's message, for a one-line error (torch's
+    messages can run to a paragraph)."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    return text.split(". ")[0].rstrip(".") or type(err).__name__

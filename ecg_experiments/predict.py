@@ -146,7 +146,10 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     model, _ = resolve_trained_model(cfg.get("ckpt"), cfg.get("run_id"), cfg.paths.tracking_uri)
     inputs, frame = load_inputs(cfg.input, model)
     if len(inputs) == 0:
-        raise DataError(f"input={cfg.input}: no beats or images found")
+        raise DataError(f"input={cfg.input}: no beats or images found; expected "
+                        + ("an image file or a folder holding images" if
+                           model.input.kind == "image" else "a CSV with rows or a record "
+                           "with beats"))
     probs = predict_probabilities(model.net, inputs, int(cfg.batch_size))
     frame["predicted"] = [model.class_names[k] for k in probs.argmax(axis=1)]
     for k, name in enumerate(model.class_names):

@@ -134,7 +134,8 @@ CASES = {
     "checkpoint of another class count": (
         "evaluate", ["ckpt={ckpt}", CSV, "data.train_file={ptb}",
                      "data.class_names=[normal,abnormal]"],
-        "the model predicts 5 classes (N, S, V, F, Q) but the data has 2"),
+        "has classes the model does not know: normal, abnormal. Model classes: "
+        "[N, S, V, F, Q]"),
     "not a checkpoint": ("evaluate", ["ckpt={not_ckpt}"], "model.ckpt: not a loadable PyTorch"),
     "MLflow server unreachable": ("train", [CSV, "data.train_file={one_f}",
                                             "logger.tracking_uri=http://127.0.0.1:9"],

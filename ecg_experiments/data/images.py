@@ -25,6 +25,7 @@ from ecg_experiments.data.render import RenderedBeats
 from ecg_experiments.data.splits import grouped_split, split_table, stratified_split
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.inputs import InputSpec
+from ecg_experiments.io import readable_file
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ def image_transform(
 
 def load_image(path: Path, channels: int) -> Image.Image:
     """Decode an image file to RGB (channels=3) or grey (channels=1); DataError if corrupt."""
+    expected = f"expected a {', '.join(IMAGE_EXTENSIONS)} file"
+    readable_file(path, expected.removeprefix("expected "))
     try:
         with Image.open(path) as image:
             image.load()
@@ -95,7 +98,7 @@ def load_image(path: Path, channels: int) -> Image.Image:
                 image = Image.fromarray(((values - values.min()) / span * 255).astype(np.uint8))
             return image.convert("RGB" if channels == 3 else "L")
     except UNREADABLE as err:
-        raise DataError(f"{path}: not a readable image ({err})") from err
+        raise DataError(f"{path}: not a readable image ({err}); {expected}") from err
 
 
 class ImageFiles(Dataset):
@@ -118,7 +121,10 @@ class ImageFiles(Dataset):
 
 def _check_file(path: Path) -> tuple[str, str | None]:
     """(SHA-256 of the bytes, None) or (hash, error) when the image does not decode."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return "", f"cannot be read: {err.strerror or err}"
     digest = hashlib.sha256(data).hexdigest()
     try:
         with Image.open(io.BytesIO(data)) as image:  # the bytes already read, decoded once

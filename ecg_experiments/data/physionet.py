@@ -164,7 +164,7 @@ def _check_dat_size(directory: Path, header: wfdb.Record) -> None:
             raise DataError(
                 f"record {header.record_name}: {directory / file_name} has {actual:,} bytes but "
                 f"its header promises {int(expected):,} ({header.sig_len:,} samples); the file "
-                "is truncated"
+                "is truncated (expected the whole signal file: download the record again)"
             )
 
 
@@ -197,7 +197,9 @@ def read_record(
     try:
         header = wfdb.rdheader(base)
     except Exception as err:
-        raise DataError(f"record {name}: cannot read {base}.hea ({err})") from err
+        raise DataError(f"record {name}: cannot read {base}.hea ({err or type(err).__name__});"
+                        " expected a WFDB header (record line, then one line per signal)"
+                        ) from err
     channel_names = list(header.sig_name)
     if lead in channel_names:
         channel = channel_names.index(lead)

@@ -22,7 +22,7 @@ SUMMARY = ("acc", "f1_macro", "recall_macro")
 
 
 def _probabilities(net: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    device = next(net.parameters()).device
+    device = next(net.parameters(), torch.empty(0)).device
     net.eval()
     with torch.no_grad():
         return torch.cat([net(batch.to(device)).softmax(dim=-1).cpu()

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ecg_experiments.errors import ConfigError, DataError
+from ecg_experiments.errors import ConfigError, DataError, first_sentence
 from ecg_experiments.io import readable_file
 from ecg_experiments.models.cnn2d import SmallCNN2d
 from ecg_experiments.models.heads import output_prefixes, reset_classifier
@@ -39,11 +39,15 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise DataError(f"{path}: not a loadable weights file ({err})") from err
+        raise DataError(f"{path}: not a loadable weights file ({first_sentence(err)}); "
+                        "expected a .pth/.pt state dict or a .safetensors file") from err
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise DataError(f"{path}: expected a state dict of tensors")
+    from ecg_experiments.models.checkpoint import check_finite
+
+    check_finite(state, path)
     return state
 
 

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ecg_experiments.errors import ConfigError, DataError
+from ecg_experiments.errors import ConfigError, DataError, first_sentence
 from ecg_experiments.inputs import InputSpec
 from ecg_experiments.io import readable_file
 from ecg_experiments.models.heads import output_prefixes
@@ -32,6 +32,16 @@ class TrainedModel:
     checkpoint: Path
     history: list[dict]
     input: InputSpec
+
+
+def check_finite(state: dict, path: Path) -> None:
+    """A DataError naming the first tensor of `state` that holds NaN or infinity: such
+    weights make every prediction NaN, silently."""
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and \
+                not bool(torch.isfinite(value).all()):
+            raise DataError(f"{path}: tensor {key} holds NaN or infinite values; expected "
+                            "finite weights (was the training diverging?)")
 
 
 def spec_from_config(config: DictConfig, class_names: list[str]) -> InputSpec:
@@ -60,7 +70,8 @@ def load_trained_model(path: str | os.PathLike) -> TrainedModel:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
         raise DataError(
-            f"{path}: not a loadable PyTorch checkpoint ({str(err).splitlines()[0]})"
+            f"{path}: not a loadable PyTorch checkpoint ({first_sentence(err)}); expected a "
+            "checkpoint written by `python -m ecg_experiments.train`"
         ) from err
     if not isinstance(checkpoint, dict) or "ecg_config" not in checkpoint:
         raise DataError(
@@ -76,6 +87,7 @@ def load_trained_model(path: str | os.PathLike) -> TrainedModel:
         for key, value in checkpoint["state_dict"].items()
         if key.startswith("net.")
     }
+    check_finite(state, path)
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
@@ -183,12 +195,13 @@ def init_from(net: nn.Module, source: str, tracking_uri: str,
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise DataError(f"{path}: not a loadable PyTorch checkpoint "
-                        f"({str(err).splitlines()[0]})") from err
+        raise DataError(f"{path}: not a loadable PyTorch checkpoint ({first_sentence(err)}); "
+                        "expected a checkpoint of ecg-experiments or a state dict") from err
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise DataError(f"{path}: expected a checkpoint with a state_dict")
     state = {key.removeprefix("net."): value for key, value in state.items()}
+    check_finite(state, path)
     own = net.state_dict()
     outputs = output_prefixes(net)
     fits = {k: state[k] for k, v in own.items()
