@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import ConcatDataset, DataLoader
 
-from ecg_experiments.cli import exit_on_user_error
+from ecg_experiments.cli import exit_on_user_error, run_cli
 from ecg_experiments.config import build, group_choice, to_container
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.errors import ConfigError
@@ -127,4 +127,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

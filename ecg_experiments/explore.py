@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from ecg_experiments.cli import exit_on_user_error
+from ecg_experiments.cli import exit_on_user_error, run_cli
 from ecg_experiments.config import build
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.evaluation.plots import (
@@ -72,4 +72,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ecg_experiments.cli import exit_on_user_error
+from ecg_experiments.cli import exit_on_user_error, run_cli
 from ecg_experiments.errors import ConfigError, EcgUserError
 from ecg_experiments.io import atomic_path
 from ecg_experiments.models.checkpoint import resolve_trained_model
@@ -77,4 +77,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

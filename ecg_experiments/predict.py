@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ecg_experiments.cli import exit_on_user_error
+from ecg_experiments.cli import exit_on_user_error, run_cli
 from ecg_experiments.data.beats import read_beats_csv
 from ecg_experiments.data.images import IMAGE_EXTENSIONS, ImageFiles, image_files, image_transform
 from ecg_experiments.data.physionet import AAMI_CLASSES, read_record
@@ -190,4 +190,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from ecg_experiments.cli import exit_on_user_error
+from ecg_experiments.cli import exit_on_user_error, run_cli
 from ecg_experiments.config import build, group_choice
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.data.images import ImageDataModule
@@ -76,4 +76,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from sklearn.utils.class_weight import compute_class_weight
 
-from ecg_experiments.cli import exit_on_user_error
+from ecg_experiments.cli import exit_on_user_error, run_cli
 from ecg_experiments.config import build, group_choice, to_container, validate_train_config
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.errors import ConfigError
@@ -341,4 +341,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

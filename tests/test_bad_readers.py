@@ -151,6 +151,8 @@ def run_case(reader: str, corruption: str, good: dict[str, Path], work: Path) ->
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{outputs / 'mlflow.db'}"
     overrides = [a.format(**names) for a in args] + ["report.bootstrap_rounds=0"] * (
         entry != "predict") + ["trainer.max_epochs=1"] * (entry == "train")
+    if entry == "train" and corruption not in ("random_bytes", "unreadable"):
+        overrides.append("logger=none")  # the tracked cases check that no run FINISHED
     cfg = compose_config(work, overrides, CONFIG[entry])
     stderr, code = io.StringIO(), 0
     with contextlib.redirect_stderr(stderr):
@@ -227,3 +229,23 @@ def test_files_without_read_permission(good) -> None:
         print(reader, result["stderr"].strip())
         check(result)
         assert "cannot be read (Permission denied)" in result["stderr"], reader
+
+
+@pytest.mark.parametrize("content", [np.random.default_rng(2).bytes(2000),
+                                     "optimizer:\n  lr: 0.001\n".encode("utf-16"),
+                                     b"defaults:\n  - override /model: [cnn1d\n"],
+                         ids=["random_bytes", "utf16", "broken_yaml"])
+def test_a_users_config_file_that_is_not_yaml(content: bytes, tmp_path: Path, capsys) -> None:
+    """Hydra would end in a traceback for a config file whose bytes do not decode."""
+    from ecg_experiments.cli import check_config_files
+
+    (tmp_path / "experiment").mkdir()
+    bad = tmp_path / "experiment" / "mine.yaml"
+    bad.write_bytes(content)
+    with pytest.raises(SystemExit) as exit_info:
+        check_config_files(["--config-dir", str(tmp_path), "experiment=mine"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {bad}: not a readable config file") and "expected" in line
+    bad.write_text("optimizer:\n  lr: 0.001\n")
+    check_config_files(["--config-dir", str(tmp_path)])  # a good file passes

@@ -20,6 +20,7 @@ from ecg_experiments.train import train
 from tests.conftest import FAST, all_runs, run_cli
 
 
+@pytest.mark.slow  # ~60 s of two DDP processes; `make test-all` runs it
 def test_ddp_two_cpu_processes_log_once_and_match_one_process(small_csv, tmp_path) -> None:
     # a learning rate so small that the weights stay put: both runs then test the same
     # model on the same 30 test beats (15 per process), so metrics must agree to float
