@@ -3,8 +3,8 @@ through every step a trained model meets: train → evaluate (by MLflow run id, 
 and on data given explicitly, image classes in another order) → predict → export (ONNX and
 TorchScript, parity-checked) → init_from into a new run.
 
-A new model or data option joins by adding one row to MODELS. The rows whose training is
-cheap run in the default suite; the ImageNet-sized networks are `slow`.
+A new model or data option joins by adding one row to MODELS. A signal model with R-R
+features and cnn2d run in the default suite; the other rows are `slow` (`make test-all`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def _data(kind: str, inputs: dict[str, Path]) -> list[str]:
 
 # model option (+ overrides), data kind; `slow` marks the ImageNet-sized networks
 MODELS = [
-    pytest.param("cnn1d", [], "csv", id="cnn1d"),
+    # cnn1d's steps also run one by one in the default suite (test_report_and_tools.py)
+    pytest.param("cnn1d", [], "csv", id="cnn1d", marks=pytest.mark.slow),
     pytest.param("resnet1d", ["model.net.widths=[16,32,64]"], "csv", id="resnet1d",
                  marks=pytest.mark.slow),
     pytest.param("inception1d", ["model.net.depth=3"], "csv", id="inception1d",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import mlflow
 import mlflow.pytorch
@@ -14,7 +12,6 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ecg_experiments.config import PROJECT_ROOT
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.evaluate import evaluate
 from ecg_experiments.evaluation.report import bootstrap_ci, report_table
@@ -168,7 +165,8 @@ def test_report_table_auroc_and_averages_against_sklearn() -> None:
     assert micro["specificity"] == pytest.approx(tn / (2 * len(y)))
 
 
-def test_compare_ranks_by_the_best_validation_epoch_and_refuses_test_metrics(tmp_path) -> None:
+def test_compare_ranks_by_the_best_validation_epoch_and_refuses_test_metrics(tmp_path,
+                                                                             capsys) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment("study", artifact_location=(tmp_path / "a").as_uri())
@@ -183,18 +181,17 @@ def test_compare_ranks_by_the_best_validation_epoch_and_refuses_test_metrics(tmp
         client.log_metric(run.info.run_id, "test/f1_macro", test_f1)
         client.log_metric(run.info.run_id, "val/loss", loss)
         client.set_terminated(run.info.run_id)
-    result = subprocess.run(
-        [sys.executable, "-m", "ecg_experiments.compare", "study", f"tracking_uri={uri}"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if " high " in line or " mid " in line
+    from ecg_experiments.compare import main
+
+    main(["study", f"tracking_uri={uri}"])  # the CLI's function, printing its table
+    stdout = capsys.readouterr().out
+    lines = [line for line in stdout.splitlines() if " high " in line or " mid " in line
              or " low " in line]
     assert [n for line in lines for n in ("high", "mid", "low") if f" {n} " in line] == [
         "high", "mid", "low"]
     from ecg_experiments.compare import compare_runs
 
-    assert "test/f1_macro" in result.stdout  # shown beside, for reading
+    assert "test/f1_macro" in stdout  # shown beside, for reading
     by_loss = compare_runs(uri, "study", "val/loss")  # no best/val/loss: the last value
     assert by_loss["name"].tolist() == ["mid", "low", "high"]  # a loss sorts ascending
     with pytest.raises(ConfigError, match="validation metric"):
