@@ -275,7 +275,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             tags["init_from.checkpoint"] = str(init.source)
             tags["init_from.loaded_tensors"] = str(len(init.loaded))
             tags["init_from.reinitialised"] = ", ".join(init.reinitialised) or "none"
-            tags["init_from.classes_by_name"] = ", ".join(init.classes) or "none"
+            tags["init_from.classes_by_name"] = ", ".join(init.matched_classes) or "none"
         # params are immutable in MLflow: a resumed run keeps those it started with
         log_run_metadata(tracked, cfg, files["config"], tags, params=resume_run_id is None)
         if resume_run_id is None:

@@ -116,3 +116,20 @@ def test_train_returns_the_best_validation_value(compose_train, small_csv) -> No
     metrics = train(compose_train(["data=beats_csv", f"data.train_file={small_csv}", *FAST,
                                    "logger=none"]))
     assert 0 <= metrics["val/f1_macro"] <= 1
+
+
+def test_the_train_task_pickles_for_process_launchers() -> None:
+    """joblib's loky launcher pickles the task by value (cloudpickle: `train` runs as
+    __main__). A name in train() that is also a torch pseudo-module (`init.classes` and
+    `torch.classes`) once made that fail; the joblib test is slow, this one is not."""
+    import types
+
+    import cloudpickle
+
+    from ecg_experiments.config import PROJECT_ROOT
+
+    source = (PROJECT_ROOT / "ecg_experiments" / "train.py").read_text()
+    module = types.ModuleType("ecg_train_as_main")  # not importable: pickled by value
+    exec(compile(source.replace('if __name__ == "__main__":', "if False:"), "train", "exec"),
+         module.__dict__)
+    assert len(cloudpickle.dumps(module.main)) > 1000

@@ -87,8 +87,7 @@ def image_transform(
 
 def load_image(path: Path, channels: int) -> Image.Image:
     """Decode an image file to RGB (channels=3) or grey (channels=1); DataError if corrupt."""
-    expected = f"expected a {', '.join(IMAGE_EXTENSIONS)} file"
-    readable_file(path, expected.removeprefix("expected "))
+    what = f"a {', '.join(IMAGE_EXTENSIONS)} file"
     try:
         with Image.open(path) as image:
             image.load()
@@ -98,7 +97,9 @@ def load_image(path: Path, channels: int) -> Image.Image:
                 image = Image.fromarray(((values - values.min()) / span * 255).astype(np.uint8))
             return image.convert("RGB" if channels == 3 else "L")
     except UNREADABLE as err:
-        raise DataError(f"{path}: not a readable image ({err}); {expected}") from err
+        if isinstance(err, OSError) and err.errno is not None:  # missing, a folder, no access
+            readable_file(path, what)
+        raise DataError(f"{path}: not a readable image ({err}); expected {what}") from err
 
 
 class ImageFiles(Dataset):

@@ -143,7 +143,7 @@ class InitReport:
     source: Path
     loaded: list[str]
     reinitialised: list[str]  # tensors not copied whole (output layers: see classes)
-    classes: list[str]  # classes whose output rows came from the source, by name
+    matched_classes: list[str]  # classes whose output rows came from the source, by name
 
 
 def _head_rows_by_name(
