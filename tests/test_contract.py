@@ -32,6 +32,11 @@ IMAGE_ORDER = ["V", "N", "S"]  # the label order of training; the folders sort N
 
 
 def _data(kind: str, inputs: dict[str, Path]) -> list[str]:
+    """The data option of a kind; every step shares one prepared-data folder."""
+    return [f"paths.data_dir={inputs['prepared']}", *_data_option(kind, inputs)]
+
+
+def _data_option(kind: str, inputs: dict[str, Path]) -> list[str]:
     if kind == "csv":
         return ["data=beats_csv", f"data.train_file={inputs['csv']}", "data.batch_size=32"]
     if kind == "rr":
@@ -76,7 +81,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         rows = np.flatnonzero(y == label)[:12]
         write_images(WaveformRenderer(), x[rows], 125.0, 64,
                      [images / name / f"{100 + i}_{i:06d}.png" for i in range(len(rows))])
-    return {"csv": root / "beats.csv", "images": images, "mitdb": shared_path("mitdb")}
+    return {"csv": root / "beats.csv", "images": images, "mitdb": shared_path("mitdb"),
+            "prepared": root / "prepared"}
 
 
 def _store(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> mlflow.MlflowClient:

@@ -84,6 +84,7 @@ def mlflow_server(tmp_path: Path):
     log.close()
 
 
+@pytest.mark.slow  # ~45 s: an `mlflow server` process and a training process
 def test_training_against_a_real_tracking_server(small_csv, tmp_path, mlflow_server) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "ecg_experiments.train", "data=beats_csv",
