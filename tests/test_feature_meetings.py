@@ -4,7 +4,6 @@ evaluate with an explicit image data option, and image classes met by name."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import mlflow
@@ -202,8 +201,7 @@ def test_bootstrap_macro_f1_leaves_out_absent_classes_as_torchmetrics() -> None:
     assert low > 0.7  # with class V counted as 0 the whole interval sat near 2/3 x 0.83
 
 
-@pytest.mark.skipif(os.name != "posix", reason="file permissions")
-def test_no_read_permission_is_named(tmp_path: Path) -> None:
+def test_a_folder_where_a_file_belongs_is_named(tmp_path: Path) -> None:
     from ecg_experiments.io import readable_file
 
     folder = tmp_path / "beats.csv"
