@@ -57,10 +57,10 @@ def data_for_model(cfg: DictConfig, model: TrainedModel) -> DictConfig:
     spec = model.input
     with open_dict(data):
         if spec.kind == "image":
+            given = spec.to_dict()
             for key in ("image_size", "channels", "mean", "std"):
                 if key in data:
-                    data[key] = list(getattr(spec, key)) if key in ("mean", "std") else \
-                        getattr(spec, key)
+                    data[key] = given[key]
         elif "rr_features" in data and bool(data.rr_features) != bool(spec.features):
             log.info("data.rr_features=%s: the model takes %s", bool(spec.features),
                      spec.describe())

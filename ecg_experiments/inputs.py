@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from torch.utils.data import default_collate
 
 from ecg_experiments.errors import ConfigError
 
@@ -159,7 +160,5 @@ class RemapLabels:
         self.collate = collate
 
     def __call__(self, batch: Any) -> Any:
-        from torch.utils.data import default_collate
-
         x, y = (self.collate or default_collate)(batch)
         return x, self.lookup[y]

@@ -142,7 +142,7 @@ class InitReport:
 
     source: Path
     loaded: list[str]
-    reinitialised: list[str]  # tensors not copied whole (output layers: see classes)
+    reinitialised: list[str]  # tensors kept fresh (output layers: see matched_classes)
     matched_classes: list[str]  # classes whose output rows came from the source, by name
 
 
@@ -158,16 +158,15 @@ def _head_rows_by_name(
     pairs = [(j, source_index.get(class_map.get(name, name))) for j, name in
              enumerate(class_names)]
     pairs = [(j, i) for j, i in pairs if i is not None]
-    own, tensors = net.state_dict(), {}
     if not pairs:  # no class in common: the output layers keep their fresh initialisation
         return {}, []
+    own, tensors = net.state_dict(), {}
     for prefix in output_prefixes(net):
         for key in (f"{prefix}weight", f"{prefix}bias"):
             if key not in own or key not in state:
                 continue
             fresh, old = own[key].clone(), state[key]
-            if fresh.shape[1:] != old.shape[1:] or source_classes is None \
-                    or old.shape[0] != len(source_classes):
+            if fresh.shape[1:] != old.shape[1:] or old.shape[0] != len(source_index):
                 continue
             for j, i in pairs:
                 fresh[j] = old[i]

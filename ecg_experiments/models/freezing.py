@@ -81,9 +81,7 @@ class FreezeAllButLastN(FreezePolicy):
 
     def apply(self, net: nn.Module) -> None:
         main, *auxiliary = heads(net).values()
-        aux_layers = {id(m) for head in auxiliary for m in head.modules()}
-        main_layers = parameter_layers(main)
-        layers = [m for m in backbone_layers(net) if id(m) not in aux_layers] + main_layers
+        layers = backbone_layers(net) + parameter_layers(main)
         if self.n > len(layers):
             raise ConfigError(
                 f"freeze.n={self.n} but {type(net).__name__} has only {len(layers)} layers "
