@@ -16,7 +16,7 @@ from ecg_experiments.cli import exit_on_user_error, run_cli
 from ecg_experiments.config import build, group_choice
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.data.images import ImageDataModule
-from ecg_experiments.data.mitbih import MitbihDataModule
+from ecg_experiments.data.mitbih import PhysionetDataModule
 from ecg_experiments.data.render import RenderedBeats
 from ecg_experiments.errors import ConfigError
 
@@ -39,9 +39,9 @@ def prepare(cfg: DictConfig) -> ClassDataModule:
 
 def rendered_images(cfg: DictConfig, beats: ClassDataModule) -> ImageDataModule:
     """An image DataModule over the beats of `beats` rendered as `cfg.render` says."""
-    if not isinstance(beats, MitbihDataModule):
+    if not isinstance(beats, PhysionetDataModule):
         raise ConfigError(f"render={group_choice('render')}: rendering draws the beats of "
-                          f"data=mitbih, not of {group_choice('data')}")
+                          f"data=mitbih or data=physionet, not of {group_choice('data')}")
     source = RenderedBeats(beats=beats, renderer=build(cfg.render),
                            out_dir=str(Path(cfg.paths.data_dir) / "images"),
                            image_size=int(cfg.image_size), max_per_class=cfg.max_per_class,
@@ -71,6 +71,9 @@ def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
         datamodule = prepare(cfg)
     print_split_counts(datamodule)
+    for key, value in datamodule.fingerprint().items():
+        if key.endswith("sources"):  # which lead and rate each database was read with
+            print(f"{key.removesuffix('sources').rstrip('.') or 'read'}: {value}")
     where = getattr(datamodule, "prepared_path", None)
     print(f"prepared in {time.perf_counter() - start:.1f} s" + (f": {where}" if where else ""))
 

@@ -106,15 +106,17 @@ def _datamodule(prepared: Path, split: str, **kwargs) -> MitbihDataModule:
         mitdb_dir="unused", prepared_dir=str(prepared.parent), recipe=KachueeRecipe(),
         split=split, missing_lead="first", download=False, seed=7, **kwargs,
     )
-    dm.prepared_path = prepared
+    dm.prepared_paths = {"mitdb": prepared}
     dm.setup("fit")
     return dm
 
 
 def _records_of(dm: MitbihDataModule) -> dict[str, set[str]]:
+    """Record names per split (ids are <database>/<record>)."""
     frame = dm.split_frame
-    return {name: set(frame.loc[frame["split"] == name, "record"]) for name in ("train", "val",
-                                                                                 "test")}
+    assert frame["record"].str.startswith("mitdb/").all()
+    return {name: {r.split("/")[1] for r in frame.loc[frame["split"] == name, "record"]}
+            for name in ("train", "val", "test")}
 
 
 def test_interpatient_split(kachuee_prepared: Path) -> None:
@@ -126,7 +128,7 @@ def test_interpatient_split(kachuee_prepared: Path) -> None:
     assert records["test"] == set(DS2)
     assert not records["train"] & records["val"]
     assert len(records["val"]) >= 1 and not (set().union(*records.values()) & set(PACED))
-    assert set(dm.records).isdisjoint(PACED)
+    assert set(dm.records["mitdb"]).isdisjoint(PACED)
 
 
 def test_records_split_keeps_records_apart(kachuee_prepared: Path) -> None:

@@ -106,11 +106,12 @@ def test_rendered_beats_class_folders_record_names_and_cache(three_records) -> N
     from ecg_experiments.data.mitbih import BeatTable
 
     table = BeatTable.load(beats.prepared_path / "beats.npz")
-    known = {f"{r}_{s:07d}.png" for r, s in zip(table.records, table.beats.samples, strict=True)}
+    known = {f"{r.replace('/', '-')}_{s:07d}.png" for r, s in zip(table.records, table.beats.samples, strict=True)}
     for name in "NSVF":
         for png in (folder / name).glob("*.png"):
             assert png.name in known
             record, sample = png.stem.split("_")
+            record = record.replace("-", "/")
             row = np.flatnonzero((table.records == record) & (table.beats.samples == int(sample)))
             assert "NSVFQ"[table.beats.labels[row[0]]] == name
             assert Image.open(png).size == (32, 32)
@@ -131,11 +132,11 @@ def test_image_datamodule_renders_when_missing_and_splits_by_record(three_record
     source = RenderedBeats(beats=beats, renderer=WaveformRenderer(), out_dir=str(out / "dm"),
                            image_size=24, max_per_class=30, seed=0)
     dm = ImageDataModule(source=source, class_names=list("NSVFQ"), split="records",
-                         group_regex=r"^(\d+)_", image_size=24, mean=[0.5] * 3, std=[0.5] * 3,
+                         group_regex=r"^(.+)_\d+\.png$", image_size=24, mean=[0.5] * 3, std=[0.5] * 3,
                          val_fraction=0.34, test_fraction=0.33)
     dm.setup("fit")
     assert dm.root is not None and dm.root.parent == out / "dm"
-    records = dm.split_frame["path"].str.extract(r"/(\d+)_")[0]
+    records = dm.split_frame["path"].str.extract(r"/mitdb-(\d+)_")[0]
     per_split = dm.split_frame.assign(record=records).groupby("split")["record"].unique()
     assert sorted(np.concatenate(per_split.to_list())) == ["100", "207", "208"]
     assert all(len(r) == 1 for r in per_split)  # one record per split, none shared

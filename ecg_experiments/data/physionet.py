@@ -1,21 +1,26 @@
-"""MIT-BIH Arrhythmia Database records via wfdb: fetch, verify, read a lead, map beats to AAMI.
+"""PhysioNet beat databases via wfdb: presets, fetch, verify, read a lead, beats -> AAMI.
 
-Record lists follow de Chazal et al. (2004): DS1 trains, DS2 tests, paced records excluded.
+One `Database` preset per database (mitdb, svdb, incartdb): its record names, lead
+preference, paced records and nominal rate; the reader takes the rate of each record from
+its header and the lead from a preference list, never assuming mitdb's. MIT-BIH record
+lists follow de Chazal et al. (2004): DS1 trains, DS2 tests, paced records excluded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import wfdb
 
-from ecg_experiments.errors import DataError
+from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.io import readable_file, sha256_file
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,62 @@ DS2 = (
     "100 103 105 111 113 117 121 123 200 202 210 212 213 214 219 221 222 228 231 232 233 234"
 ).split()
 PACED = ("102", "104", "107", "217")
+
+
+@dataclass(frozen=True)
+class Database:
+    """What the framework needs to know of one PhysioNet beat database.
+
+    `name` is its PhysioNet slug (what `wfdb.dl_database` takes); `records` its record
+    names when the folder has no RECORDS file; `record_pattern` tells its records from
+    another database's; `leads` is the lead preference (the first a record has is read);
+    `rate` is nominal only (each record's header gives the rate used).
+    """
+
+    name: str
+    title: str
+    rate: float
+    leads: tuple[str, ...]
+    record_pattern: str
+    records: tuple[str, ...] = ()
+    paced: tuple[str, ...] = ()
+
+    def is_record(self, name: str) -> bool:
+        return re.fullmatch(self.record_pattern, name) is not None
+
+
+DATABASES = {
+    "mitdb": Database("mitdb", "MIT-BIH Arrhythmia Database", 360.0, ("MLII",),
+                      r"1\d\d|2[0-3]\d", tuple(MITDB_RECORDS), PACED),
+    # 78 half-hour records 800-894 (not all numbers used), leads ECG1 / ECG2, no paced record
+    "svdb": Database("svdb", "MIT-BIH Supraventricular Arrhythmia Database", 128.0,
+                     ("ECG1", "ECG2"), r"8\d\d"),
+    # St Petersburg INCART 12-lead Arrhythmia Database: 75 records I01-I75, 257 Hz; lead II
+    # is the limb lead closest to MLII
+    "incartdb": Database("incartdb", "St Petersburg INCART 12-lead Arrhythmia Database", 257.0,
+                         ("II", "MLII", "V1"), r"I\d\d",
+                         tuple(f"I{n:02d}" for n in range(1, 76))),
+}
+
+
+def get_database(name: str) -> Database:
+    """The preset of a database by its PhysioNet name."""
+    if name not in DATABASES:
+        raise ConfigError(f"data.database={name!r}: expected one of {', '.join(DATABASES)} "
+                          "(PhysioNet names of beat databases with a preset)")
+    return DATABASES[name]
+
+
+def database_records(directory: str | os.PathLike, database: Database) -> list[str]:
+    """The records of `database` in a folder: its RECORDS file, else the preset's list, else
+    the headers in the folder that name records of this database."""
+    listing = Path(directory) / "RECORDS"
+    if listing.is_file():
+        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        return [n for n in names if database.is_record(n)]
+    if database.records:
+        return list(database.records)
+    return sorted(p.stem for p in Path(directory).glob("*.hea") if database.is_record(p.stem))
 
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
 # AAMI EC57 grouping of MIT-BIH beat symbols; any other annotation symbol is not a beat.
@@ -76,13 +137,14 @@ def _missing_files(directory: Path, records: list[str]) -> dict[str, list[str]]:
     return missing
 
 
-def download_mitdb(directory: Path) -> None:
-    """Download the whole database with wfdb into `directory` (via a temp dir, then rename)."""
-    log.info("downloading the MIT-BIH Arrhythmia Database from PhysioNet into %s", directory)
+def download_database(directory: Path, database: Database | str = "mitdb") -> None:
+    """Download a whole database with wfdb into `directory` (via a temp dir, then rename)."""
+    database = get_database(database) if isinstance(database, str) else database
+    log.info("downloading the %s from PhysioNet into %s", database.title, directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".mitdb-", dir=directory.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{database.name}-", dir=directory.parent))
     try:
-        wfdb.dl_database("mitdb", dl_dir=str(tmp))
+        wfdb.dl_database(database.name, dl_dir=str(tmp))
         if directory.exists():
             for item in tmp.iterdir():
                 os.replace(item, directory / item.name)
@@ -90,38 +152,55 @@ def download_mitdb(directory: Path) -> None:
             os.replace(tmp, directory)
     except Exception as err:
         raise DataError(
-            f"{directory}: the MIT-BIH records are not there and downloading them from "
-            f"PhysioNet failed ({err}); download https://physionet.org/content/mitdb/1.0.0/ "
-            "by hand and set paths.mitdb_dir (env ECG_MITDB_DIR) to that folder"
+            f"{directory}: the {database.name} records are not there and downloading them from "
+            f"PhysioNet failed ({err}); download https://physionet.org/content/{database.name}/ "
+            "by hand and point data.dir at that folder"
         ) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def ensure_mitdb(directory: str | os.PathLike, records: list[str], download: bool = True) -> Path:
+def ensure_database(directory: str | os.PathLike, database: Database | str,
+                    records: Sequence[str], download: bool = True) -> Path:
     """Make sure every record's .hea/.dat/.atr is in `directory`; download if none are.
 
-    A folder that holds some records but not all is an error naming what is missing
-    (no silent partial download over the user's files).
+    A folder that holds some records but not all is an error naming what is missing (no
+    silent partial download over the user's files); a folder holding another database's
+    records is never downloaded into.
     """
+    database = get_database(database) if isinstance(database, str) else database
     directory = Path(directory)
-    unknown = sorted(set(records) - set(MITDB_RECORDS))
+    unknown = sorted(r for r in records if not database.is_record(r)
+                     or (database.records and r not in database.records))
     if unknown:
-        raise DataError(
-            f"unknown MIT-BIH record name(s) {', '.join(unknown)}; the database has "
-            f"{len(MITDB_RECORDS)} records: {' '.join(MITDB_RECORDS)}"
-        )
+        known = (f"{len(database.records)} records: {' '.join(database.records)}"
+                 if database.records else f"records named like {database.record_pattern}")
+        raise DataError(f"unknown {database.title} record name(s) {', '.join(unknown)}; the "
+                        f"database has {known}")
     missing = _missing_files(directory, records)
     if missing and len(missing) == len(records) and download:
-        download_mitdb(directory)
+        others = sorted(p.name for p in directory.glob("*.hea")
+                        if not database.is_record(p.stem))
+        if others:
+            raise DataError(
+                f"{directory}: none of the {database.name} records are there, and the folder "
+                f"holds other records ({', '.join(others[:3])}...); not downloading "
+                f"{database.name} into it: point data.dir at a folder of its own"
+            )
+        download_database(directory, database)
         missing = _missing_files(directory, records)
     if missing:
         listed = "; ".join(f"record {n}: {', '.join(files)}" for n, files in missing.items())
         raise DataError(
-            f"{directory}: MIT-BIH files missing ({listed}); expected .hea, .dat and .atr for "
-            "each record (point paths.mitdb_dir / ECG_MITDB_DIR at a complete copy)"
+            f"{directory}: {database.name} files missing ({listed}); expected .hea, .dat and "
+            f".atr for each record (point data.dir at a complete copy of {database.name})"
         )
     return directory
+
+
+def ensure_mitdb(directory: str | os.PathLike, records: list[str], download: bool = True) -> Path:
+    """`ensure_database` for MIT-BIH."""
+    return ensure_database(directory, "mitdb", records, download)
 
 
 def verify_checksums(directory: Path, records: list[str]) -> dict[str, str]:
@@ -181,12 +260,13 @@ def detect_beats(signal: np.ndarray, fs: float) -> np.ndarray:
 
 
 def read_record(
-    directory: str | os.PathLike, name: str, lead: str = "MLII", missing_lead: str = "skip",
-    require_annotations: bool = True,
+    directory: str | os.PathLike, name: str, lead: str | Sequence[str] = "MLII",
+    missing_lead: str = "skip", require_annotations: bool = True,
 ) -> Record | None:
-    """Read one lead of a record and its beat annotations.
+    """Read one lead of a record and its beat annotations, at the record's own rate.
 
-    `missing_lead` says what to do when the record has no lead of that name: "skip"
+    `lead` is a lead name or a preference list (`["MLII", "ECG1", "II"]`): the first the
+    record has is read. `missing_lead` says what to do when it has none of them: "skip"
     (return None and log it), "first" (use the record's first channel) or "error".
     Without a .atr file and `require_annotations=False`, beats come from the XQRS
     detector and their symbols are "?" (unknown class).
@@ -200,20 +280,25 @@ def read_record(
         raise DataError(f"record {name}: cannot read {base}.hea ({err or type(err).__name__});"
                         " expected a WFDB header (record line, then one line per signal)"
                         ) from err
-    channel_names = list(header.sig_name)
-    if lead in channel_names:
-        channel = channel_names.index(lead)
-    elif missing_lead == "first":
+    channel_names = list(header.sig_name or [])
+    wanted = [lead] if isinstance(lead, str) else [str(x) for x in lead]
+    found = next((x for x in wanted if x in channel_names), None)
+    named = "/".join(wanted)
+    if found is not None:
+        channel = channel_names.index(found)
+    elif missing_lead == "first" and channel_names:
         channel = 0
-        log.warning("record %s has no %s lead (%s): using %s", name, lead,
+        log.warning("record %s has no %s lead (%s): using %s", name, named,
                     ", ".join(channel_names), channel_names[0])
     elif missing_lead == "skip":
-        log.warning("record %s has no %s lead (%s): skipped", name, lead, ", ".join(channel_names))
+        log.warning("record %s has no %s lead (%s): skipped", name, named,
+                    ", ".join(channel_names))
         return None
     else:
         raise DataError(
-            f"record {name} has no {lead} lead (it has {', '.join(channel_names)}); set "
-            "data.missing_lead to skip or first, or exclude the record"
+            f"record {name} has no {named} lead (it has {', '.join(channel_names)}); set "
+            "data.leads to one of them, data.missing_lead to skip or first, or exclude the "
+            "record"
         )
     _check_dat_size(directory, header)
     annotated = require_annotations or Path(f"{base}.atr").is_file()

@@ -194,12 +194,13 @@ class RenderedBeats:
 
     `beats` is the MIT-BIH data module whose preparation (recipe, records, lead) supplies
     the beats. At most `max_per_class` beats per class are drawn (seeded). Files are named
-    `<record>_<R-peak sample>.png` so that record-grouped splits can read the record back.
+    `<database>-<record>_<R-peak sample>.png` so that record-grouped splits can read the
+    record back.
     The folder `<out_dir>/<renderer>-<size>px-<key>` holds `<class>/*.png` and manifest.json;
     it is written under a temporary name and renamed, so it is complete or absent.
     """
 
-    beats: object  # MitbihDataModule (not imported here to keep this module light)
+    beats: object  # PhysionetDataModule (not imported here to keep this module light)
     renderer: Renderer
     out_dir: str
     image_size: int = 64
@@ -242,7 +243,8 @@ class RenderedBeats:
         chosen = self._choose(table.beats.labels)
         class_names = list(self.beats.class_names)
         labels = table.beats.labels[chosen]
-        names = [f"{r}_{s:07d}.png" for r, s in
+        # <database>-<record>_<sample>.png: the record id without its "/"
+        names = [f"{str(r).replace('/', '-')}_{s:07d}.png" for r, s in
                  zip(table.records[chosen], table.beats.samples[chosen], strict=True)]
         rate = float(self.beats.recipe.rate)
         with atomic_path(target) as tmp:

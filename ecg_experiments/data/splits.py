@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupShuffleSplit, train_test_split
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
 from ecg_experiments.errors import DataError
 
@@ -82,8 +82,13 @@ def stratified_split(
     _check_stratifiable(labels, class_names, source)
 
     def split_off(rows: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-        return tuple(train_test_split(rows, test_size=_units(fraction, len(labels)),
-                                      random_state=seed, stratify=labels[rows]))
+        # a class left with a single row here (e.g. 2 F beats, one already carved off for
+        # test) cannot be stratified: that row stays with the first part
+        values, counts = np.unique(labels[rows], return_counts=True)
+        single = np.isin(labels[rows], values[counts < 2])
+        kept, taken = train_test_split(rows[~single], test_size=_units(fraction, len(labels)),
+                                       random_state=seed, stratify=labels[rows[~single]])
+        return np.concatenate([kept, rows[single]]), taken
 
     return _carve(len(labels), fractions, source, split_off)
 
@@ -124,6 +129,22 @@ def grouped_split(
         return rows[keep], rows[taken]
 
     return _carve(len(groups), fractions, source, split_off)
+
+
+def cv_fold(groups: np.ndarray, labels: np.ndarray, folds: int, seed: int,
+            source: str = "data") -> np.ndarray:
+    """The fold (0..folds-1) of every row: scikit-learn's StratifiedGroupKFold (shuffled,
+    seeded), so no group (record, patient) is in two folds and each class reaches as many
+    folds as its groups allow."""
+    n_groups = len(np.unique(groups))
+    if int(folds) < 2 or n_groups < int(folds):
+        raise DataError(f"{source}: {n_groups} record(s) cannot make cv.folds={folds} "
+                        "record-disjoint folds (expected 2 <= folds <= records)")
+    fold = np.full(len(groups), -1, dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=int(folds), shuffle=True, random_state=seed)
+    for k, (_, held) in enumerate(splitter.split(np.zeros(len(groups)), labels, groups)):
+        fold[held] = k
+    return fold
 
 
 BALANCE_MODES = ("none", "undersample", "resample", "class_weights", "sampler")
