@@ -112,7 +112,8 @@ def test_checksum_mismatch(mitdb_dir: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_record_name(mitdb_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"unknown MIT-BIH Arrhythmia Database record name\(s\) 999"):
+    with pytest.raises(DataError,
+                       match=r"unknown MIT-BIH Arrhythmia Database record name\(s\) 999"):
         _prepare(mitdb_dir, tmp_path / "out", ["100", "999"])
     _assert_nothing_written(tmp_path / "out")
 

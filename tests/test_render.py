@@ -106,7 +106,8 @@ def test_rendered_beats_class_folders_record_names_and_cache(three_records) -> N
     from ecg_experiments.data.mitbih import BeatTable
 
     table = BeatTable.load(beats.prepared_path / "beats.npz")
-    known = {f"{r.replace('/', '-')}_{s:07d}.png" for r, s in zip(table.records, table.beats.samples, strict=True)}
+    known = {f"{r.replace('/', '-')}_{s:07d}.png"
+             for r, s in zip(table.records, table.beats.samples, strict=True)}
     for name in "NSVF":
         for png in (folder / name).glob("*.png"):
             assert png.name in known
@@ -132,7 +133,8 @@ def test_image_datamodule_renders_when_missing_and_splits_by_record(three_record
     source = RenderedBeats(beats=beats, renderer=WaveformRenderer(), out_dir=str(out / "dm"),
                            image_size=24, max_per_class=30, seed=0)
     dm = ImageDataModule(source=source, class_names=list("NSVFQ"), split="records",
-                         group_regex=r"^(.+)_\d+\.png$", image_size=24, mean=[0.5] * 3, std=[0.5] * 3,
+                         group_regex=r"^(.+)_\d+\.png$", image_size=24, mean=[0.5] * 3,
+                         std=[0.5] * 3,
                          val_fraction=0.34, test_fraction=0.33)
     dm.setup("fit")
     assert dm.root is not None and dm.root.parent == out / "dm"
