@@ -12,6 +12,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 from sklearn.metrics import roc_auc_score
 
+from ecg_experiments.evaluation import aami
 from ecg_experiments.evaluation.metrics import per_class_table
 from ecg_experiments.evaluation.plots import (
     plot_confusion_matrix,
@@ -27,6 +28,7 @@ class Report:
     table: pd.DataFrame
     ci_metrics: dict[str, float]
     files: dict[str, Path] = field(default_factory=dict)
+    aami: pd.DataFrame | None = None  # the EC57 table, for AAMI beat classes
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -54,18 +56,15 @@ def macro_average(scores: np.ndarray, support: np.ndarray, predicted: np.ndarray
     return (scores * counted).sum(axis=-1) / np.maximum(counted.sum(axis=-1), 1)
 
 
-def bootstrap_ci(
-    y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str], rounds: int = 1000,
-    seed: int = 0, level: float = 0.95, chunk: int = 100,
-) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals of accuracy, macro-F1 and per-class recall.
+def bootstrap_confusions(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int,
+                         rounds: int = 1000, seed: int = 0, chunk: int = 100) -> np.ndarray:
+    """Confusion matrices [rounds, true, predicted] of `rounds` resamples (with replacement,
+    seeded) of the test samples, each from one vectorised bincount.
 
-    Resamples the test samples with replacement `rounds` times (seeded); each round's
-    confusion matrix comes from one vectorised bincount. Written by hand because
-    scipy.stats.bootstrap recomputes the statistic per round in Python (minutes on
-    MIT-BIH's 22k test beats with 1,000 rounds); this takes about a second.
+    Written by hand because scipy.stats.bootstrap recomputes the statistic per round in
+    Python (minutes on MIT-BIH's 22k test beats with 1,000 rounds); this takes a second.
     """
-    k, n = len(class_names), len(y_true)
+    k, n = num_classes, len(y_true)
     rng = np.random.default_rng(seed)
     cells = y_true * k + y_pred
     matrices = []
@@ -75,7 +74,28 @@ def bootstrap_ci(
         offsets = (np.arange(size) * k * k)[:, None]
         matrices.append(np.bincount((picks + offsets).ravel(), minlength=size * k * k)
                         .reshape(size, k, k))
-    cm = np.concatenate(matrices).astype(np.float64)
+    return np.concatenate(matrices).astype(np.float64)
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` percentile interval of bootstrap values (NaN rounds left out)."""
+    tail = (1 - level) / 2 * 100
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def bootstrap_ci(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str], rounds: int = 1000,
+    seed: int = 0, level: float = 0.95, chunk: int = 100, matrices: np.ndarray | None = None,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of accuracy, macro-F1 and per-class recall (from
+    `matrices`, else from `bootstrap_confusions`)."""
+    n = len(y_true)
+    cm = matrices if matrices is not None else bootstrap_confusions(
+        y_true, y_pred, len(class_names), rounds, seed, chunk)
     tp = np.diagonal(cm, axis1=1, axis2=2)
     support, predicted = cm.sum(axis=2), cm.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -85,11 +105,15 @@ def bootstrap_ci(
     stats = {"acc": tp.sum(axis=1) / n, "f1_macro": macro_average(f1, support, predicted)}
     for i, name in enumerate(class_names):
         stats[f"recall_{name}"] = recall[:, i]
-    tail = (1 - level) / 2 * 100
-    return {
-        name: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
-        for name, v in stats.items()
-    }
+    return {name: percentile_interval(v, level) for name, v in stats.items()}
+
+
+def aami_ci(matrices: np.ndarray, class_names: Sequence[str],
+            level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Bootstrap intervals of EC57's accuracy, kappa and the Se / +P of S and V."""
+    stats = aami.ec57_statistics(matrices, class_names)
+    keys = ["acc", "kappa", *(f"{m}_{c}" for c in aami.WITH_CI for m in ("se", "ppv"))]
+    return {key: percentile_interval(stats[key], level) for key in keys}
 
 
 def report_table(
@@ -130,9 +154,21 @@ def write_report(
     """Write per_class.csv and the figures to `out_dir`; return the table and CI metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     y_pred = probs.argmax(axis=1)
-    ci = bootstrap_ci(y_true, y_pred, class_names, bootstrap_rounds, seed, level) if (
-        bootstrap_rounds > 0) else {}
+    matrices = bootstrap_confusions(y_true, y_pred, len(class_names), bootstrap_rounds,
+                                    seed) if bootstrap_rounds > 0 else None
+    ci = bootstrap_ci(y_true, y_pred, class_names, level=level, matrices=matrices) if (
+        matrices is not None) else {}
     table = report_table(metrics, y_true, probs, class_names, ci, stage)
+    ec57 = None
+    if aami.applies(class_names):
+        ec57 = aami.ec57_table(confusion_matrix(y_true, y_pred, len(class_names)), class_names,
+                               aami_ci(matrices, class_names, level) if matrices is not None
+                               else None)
+        # the EC57 columns beside each class (Se, +P, FPR over N/S/V/F-reference beats)
+        by_class = ec57.assign(**{"class": ec57["class"].str.split(" ").str[0]}).set_index(
+            "class")
+        for column in ("se", "ppv", "fpr"):
+            table[f"aami_{column}"] = table["class"].map(by_class[column])
     files = {"per_class": out_dir / "per_class.csv"}
     table.to_csv(files["per_class"], index=False)
     cm = confusion_matrix(y_true, y_pred, len(class_names))
@@ -153,16 +189,49 @@ def write_report(
     if len(summary):
         files["confidence_intervals"] = out_dir / "confidence_intervals.csv"
         summary.to_csv(files["confidence_intervals"], index=False)
-    return Report(table=table, ci_metrics=ci_metrics, files=files)
+    if ec57 is not None:
+        files["aami"] = out_dir / "aami.csv"
+        ec57.to_csv(files["aami"], index=False)
+        ci_metrics.update(aami.ec57_metrics(ec57, stage))
+    return Report(table=table, ci_metrics=ci_metrics, files=files, aami=ec57)
+
+
+def _ec57_view(table: pd.DataFrame) -> Any:
+    """The EC57 table as a Rich table: Se, +P (with intervals where bootstrapped), FPR."""
+    from rich.table import Table
+
+    def cell(row: Mapping[str, Any], name: str) -> str:
+        value = row.get(name)
+        if value is None or pd.isna(value):
+            return ""
+        low, high = row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+        if low is not None and not pd.isna(low):
+            return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+        return f"{value:.3f}"
+
+    view = Table(title="AAMI EC57 (Se, +P, FPR over N/S/V/F-reference beats; Q apart)")
+    for column in ("class", "Se", "+P", "FPR", "support"):
+        view.add_column(column, justify="left" if column == "class" else "right", no_wrap=True)
+    for row in table.to_dict("records"):
+        if row["class"] == "overall":
+            continue
+        view.add_row(str(row["class"]), cell(row, "se"), cell(row, "ppv"), cell(row, "fpr"),
+                     f"{int(row['support']):,}")
+    overall = table[table["class"] == "overall"].to_dict("records")[0]
+    view.caption = (f"accuracy {cell(overall, 'acc')}  kappa {cell(overall, 'kappa')}  "
+                    f"j {cell(overall, 'j')}  jkappa {cell(overall, 'jkappa')}")
+    return view
 
 
 def print_report(table: pd.DataFrame, metrics: Mapping[str, float], title: str,
-                 stage: str = "test") -> None:
-    """Print the per-class table and the headline numbers with their intervals."""
+                 stage: str = "test", aami_table: pd.DataFrame | None = None) -> None:
+    """Print the per-class table, the EC57 table for AAMI beat classes and the headline
+    numbers with their intervals."""
     from rich.console import Console
     from rich.table import Table
 
-    shown = table.drop(columns=["recall_ci_low", "recall_ci_high"], errors="ignore")
+    shown = table.drop(columns=["recall_ci_low", "recall_ci_high", "aami_se", "aami_ppv",
+                                "aami_fpr"], errors="ignore")
     if "recall_ci_low" in table:
         shown.insert(3, "recall CI", [
             "" if np.isnan(low) else f"[{low:.3f}, {high:.3f}]"
@@ -190,6 +259,8 @@ def print_report(table: pd.DataFrame, metrics: Mapping[str, float], title: str,
     console = Console(width=max(Console().width, 110))
     console.print(view)
     console.print("  ".join(parts))
+    if aami_table is not None:
+        console.print(_ec57_view(aami_table))
 
 
 def report_test_results(
@@ -208,7 +279,7 @@ def report_test_results(
         out_dir, metrics, module.test_targets.numpy(), module.test_probs.numpy(),
         module.class_names, history, settings["bootstrap_rounds"], seed, settings["confidence"],
     )
-    print_report(report.table, {**metrics, **report.ci_metrics}, title)
+    print_report(report.table, {**metrics, **report.ci_metrics}, title, aami_table=report.aami)
     if logger is not None:
         logger.log_metrics(report.ci_metrics)
         log_files(logger, report.files, "report")
