@@ -12,7 +12,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import ConcatDataset, DataLoader
 
@@ -56,16 +56,34 @@ def data_for_model(cfg: DictConfig, model: TrainedModel) -> DictConfig:
     data = root.data
     spec = model.input
     with open_dict(data):
+        if cfg.holdout == "all" and "all" in getattr(get_class(data._target_), "splits", ()):
+            data.split = "all"  # every sample is evaluated: no split to draw
         if spec.kind == "image":
             given = spec.to_dict()
             for key in ("image_size", "channels", "mean", "std"):
                 if key in data:
                     data[key] = given[key]
-        elif "rr_features" in data and bool(data.rr_features) != bool(spec.features):
-            log.info("data.rr_features=%s: the model takes %s", bool(spec.features),
-                     spec.describe())
-            data.rr_features = bool(spec.features)
+        else:
+            _cut_beats_as_trained(data, model)
     return data
+
+
+def _cut_beats_as_trained(data: DictConfig, model: TrainedModel) -> None:
+    """Beats of other records (another database) are cut with the recipe the model was
+    trained with, and carry its R-R features or not."""
+    trained = model.config.get("data") or {}
+    if "recipe" in data and "recipe" in trained:
+        recipe = OmegaConf.to_container(trained.recipe, resolve=True)
+        if OmegaConf.to_container(data.recipe, resolve=True) != recipe:
+            log.info("data.recipe: the model's (%s at %s Hz) replaces %s",
+                     trained.recipe.get("_target_", "").rsplit(".", 1)[-1],
+                     trained.recipe.get("rate"), data.recipe.get("_target_", "").rsplit(".")[-1])
+            data.recipe = recipe
+    spec = model.input
+    if "rr_features" in data and bool(data.rr_features) != bool(spec.features):
+        log.info("data.rr_features=%s: the model takes %s", bool(spec.features),
+                 spec.describe())
+        data.rr_features = bool(spec.features)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -208,3 +208,27 @@ def test_a_folder_where_a_file_belongs_is_named(tmp_path: Path) -> None:
     folder.mkdir()
     with pytest.raises(DataError, match="beats.csv: is a folder; expected a CSV"):
         readable_file(folder, "a CSV")
+
+
+# issue 15: another database meets a trained model's recipe
+def test_another_database_is_cut_with_the_recipe_the_model_was_trained_with(tmp_path) -> None:
+    """`evaluate run_id=... data=physionet data.database=svdb`: the data option's default
+    recipe (kachuee, 125 Hz) gives way to the model's (centered, 120 Hz, R-R features),
+    and holdout=all evaluates every beat (split=all) instead of drawing a split."""
+    from types import SimpleNamespace
+
+    from ecg_experiments.evaluate import data_for_model
+    from ecg_experiments.inputs import InputSpec
+
+    trained = compose_config(tmp_path, ["data=mitbih", "data/recipe=centered",
+                                        "data.recipe.rate=120", "data.rr_features=true",
+                                        "model=resnet1d"])
+    spec = InputSpec("signal", tuple("NSVFQ"), signal_length=84, rate=120.0,
+                     features=("a",) * 7)
+    model = SimpleNamespace(config=trained, input=spec)
+    cfg = compose_config(tmp_path / "eval", ["run_id=x", "data=physionet",
+                                             "data.database=svdb", "holdout=all"], "eval")
+    data = data_for_model(cfg, model)
+    assert data.recipe.rate == 120.0 and data.recipe._target_.endswith("CenteredRecipe")
+    assert data.rr_features is True and data.split == "all" and data.database == "svdb"
+    assert OmegaConf.to_container(data, resolve=True)["signal_length"] == 84

@@ -216,3 +216,27 @@ def test_explore_writes_distribution_examples_and_split_sizes(
     sizes = pd.read_csv(files["split_sizes"], index_col="split")
     assert sizes["total"].to_dict() == {"train": 350, "val": 75, "test": 75}
     assert (sizes[list("NSVFQ")].sum() == 100).all()
+
+
+def test_a_model_evaluates_on_another_database_with_the_ec57_table(trained_run, monkeypatch,
+                                                                   capsys) -> None:
+    """Trained on MIT-BIH beats (125 Hz), evaluated on an svdb record (128 Hz, lead ECG1):
+    the beats are cut at the model's rate and the run says which lead and rate it read."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_run["uri"])
+    source = trained_run["run"].info.run_id
+    cfg = compose_config(trained_run["tmp"] / "crossdb", [
+        f"run_id={source}", "data=physionet", "data.database=svdb",
+        f"data.dir={shared_path('svdb')}", "data.records=[800]", "data.download=false",
+        "holdout=all", "report.bootstrap_rounds=50"], "eval")
+    metrics = evaluate(cfg)
+    assert 0 <= metrics["test/aami/se_V"] <= 1 and metrics["test/aami/acc"] > 0
+    assert "AAMI EC57" in capsys.readouterr().out
+    client = mlflow.MlflowClient(trained_run["uri"])
+    run = client.search_runs([trained_run["run"].info.experiment_id],
+                             filter_string="tags.`data.databases` = 'svdb'")[0]
+    assert run.data.tags["data.sources"] == ("lead ECG1 (1 record); 128 Hz -> 125 Hz "
+                                             "(kachuee recipe)")
+    assert run.data.tags["data.split"] == "all"
+    table = pd.read_csv(trained_run["tmp"] / "crossdb" / "run" / "report" / "aami.csv")
+    beats = table.loc[table["class"] == "overall", "support"].item()
+    assert beats == 1882  # record 800's 1,883 annotated beats, less the recipe's last

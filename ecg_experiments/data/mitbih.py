@@ -291,13 +291,16 @@ class PhysionetDataModule(BeatsDataModuleBase):
     - interpatient: de Chazal's mitdb DS1 (and every record of another database) for
       train and validation (validation = whole records), mitdb DS2 for test; paced
       records excluded;
-    - all: every beat in test (for evaluating a trained model on another database).
+    - all: every beat in test (for evaluating a trained model on another database; what
+      `evaluate holdout=all` chooses).
     With `folds` and `fold`, train/val become fold `fold` of a record-grouped stratified
     k-fold over the training pool (test unchanged). The split is saved beside the prepared
     data (split.csv, plus Kaggle-format mitbih_train.csv / mitbih_test.csv for the kachuee
     recipe). With `rr_features` (centered recipe) each beat carries its R-R features after
     its samples, for models with `num_features` (resnet1d, inception1d).
     """
+
+    splits = SPLITS
 
     def __init__(
         self,
