@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +209,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     The result holds the test metrics (`test/...`, with confidence intervals) and the best
     value over the epochs of the monitored and of the optimised validation metric under
-    their names (`cfg.monitor.metric`, `cfg.optimized_metric`).
+    their names (`cfg.monitor.metric`, `cfg.optimized_metric`). With `cv.folds`, the run is
+    a record-grouped cross-validation instead (`cross_validate`): no test split is scored
+    and the values are the means over the folds.
     """
+    if (cfg.get("cv") or {}).get("folds"):
+        from ecg_experiments.crossval import cross_validate
+
+        return cross_validate(cfg, fit_one)
+    return fit_one(cfg).metrics
+
+
+@dataclass
+class Fitted:
+    """What one fit leaves for a caller: its metrics, the validation metrics of every epoch
+    and the MLflow run (None without a logger)."""
+
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    run_id: str | None
+    split: Any = None  # the DataModule's split table
+
+
+def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
+    """One fit (and test, unless `test=false`) of `cfg`, tracked as one MLflow run with
+    `tags` added (e.g. the parent run of a cross-validation)."""
     validate_train_config(cfg)
     _check_accelerator(cfg)
     _set_threads(cfg)
@@ -219,7 +243,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # the logger first: an unreachable tracking server fails before any data work
     logger = None
     if cfg.get("logger"):
-        logger = build(cfg.logger, tags=_sweep_tags(), run_id=resume_run_id,
+        logger = build(cfg.logger, tags={**_sweep_tags(), **(tags or {})},
+                       run_id=resume_run_id,
                        run_name=cfg.logger.get("run_name") or _default_run_name())
 
     datamodule: ClassDataModule = build(cfg.data)
@@ -330,7 +355,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # Lightning finalises its loggers, but not under fast_dev_run (it swaps in a dummy)
         tracked.finalize("success")
         log.info("MLflow run %s in %s", tracked.run_id, tracked._tracking_uri)
-    return metrics
+    return Fitted(metrics, history, tracked.run_id if tracked is not None else None,
+                  datamodule.split_frame)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

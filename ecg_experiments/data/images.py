@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.data.render import RenderedBeats
-from ecg_experiments.data.splits import grouped_split, split_table, stratified_split
+from ecg_experiments.data.splits import cv_fold, grouped_split, split_table, stratified_split
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.inputs import InputSpec
 from ecg_experiments.io import readable_file
@@ -176,6 +176,7 @@ class ImageDataModule(ClassDataModule):
     """
 
     input_kind = "image"
+    needs_groups_for_folds = True  # cross-validation folds are made of whole records
 
     def __init__(
         self,
@@ -199,9 +200,19 @@ class ImageDataModule(ClassDataModule):
         seed: int = 42,
         balance: str = "none",
         balance_to: int | None = None,
+        folds: int | None = None,
+        fold: int | None = None,
     ) -> None:
         super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed, balance,
                          balance_to)
+        if folds is not None and not group_regex:
+            raise ConfigError("cv.folds / data.folds need data.group_regex (the record id in "
+                              "each file name) so that a record stays within one fold")
+        if (folds is None) != (fold is None) or (folds is not None and not 0 <= fold < folds):
+            raise ConfigError(f"data.folds={folds}, data.fold={fold}: expected both or "
+                              "neither, with 0 <= fold < folds")
+        self.folds = None if folds is None else int(folds)
+        self.fold = None if fold is None else int(fold)
         if split not in SPLITS:
             raise ConfigError(f"data.split={split!r}: expected one of {', '.join(SPLITS)}")
         if split == "records" and not group_regex:
@@ -387,6 +398,13 @@ class ImageDataModule(ClassDataModule):
             log.warning("%d image(s) are exact duplicates of another; each set of duplicates is "
                         "kept in one split", self.duplicate_images)
         parts = self._assign(frame)
+        records = self._record_of(frame["path"]) if self.group_regex is not None else None
+        if self.folds is not None:  # fold `fold` of the training pool, by record
+            groups = _components(frame["sha256"].to_numpy(), records)
+            pool = np.sort(np.concatenate([parts["train"], parts["val"]]))
+            held = cv_fold(groups[pool], frame["label"].to_numpy()[pool], self.folds,
+                           self.seed, f"{self.root} (training pool)") == self.fold
+            parts = {"train": pool[~held], "val": pool[held], "test": parts["test"]}
         eval_transform = image_transform(self.image_size, self.mean, self.std)
         train_transform = image_transform(self.image_size, self.mean, self.std, self.augment)
         for name, rows in parts.items():
@@ -397,10 +415,11 @@ class ImageDataModule(ClassDataModule):
                 train_transform if name == "train" else eval_transform, self.channels)
         root = self.root
         relative = [str(Path(p).relative_to(root)) for p in frame["path"]]
+        columns = {} if records is None else {"record": records}
         self.split_frame = split_table(parts, path=np.array(relative),
                                        label=frame["label"].to_numpy(),
                                        sha256=frame["sha256"].to_numpy(),
-                                       duplicate=duplicated.to_numpy())
+                                       duplicate=duplicated.to_numpy(), **columns)
         self.files = frame
         self._balance_training()
         log.info("images per split: %s", {n: len(d) for n, d in self.datasets.items()})

@@ -1,0 +1,162 @@
+"""Record-grouped k-fold cross-validation of one configuration (`cv.folds=5`).
+
+The training pool of the data's split (train + validation; the test split is never used)
+is cut into folds by record with scikit-learn's StratifiedGroupKFold (`data.folds`,
+`data.fold`); each fold is one fit, tracked as an MLflow child run of a parent that gets
+the mean and standard deviation of every validation metric at each fold's best epoch. The
+value returned to sweepers is the cross-validated mean, so `hparams_search=optuna` with
+`cv.folds` selects on the training pool alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ecg_experiments.config import build, group_choice
+from ecg_experiments.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def check_cross_validation(cfg: DictConfig) -> int:
+    """The number of folds, after refusing what cannot be cross-validated (before any work)."""
+    folds = cfg.cv.folds
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise ConfigError(f"cv.folds={folds!r}: expected an integer >= 2 (or null: no CV)")
+    target = get_class(cfg.data._target_)
+    if "folds" not in inspect.signature(target).parameters:
+        raise ConfigError(
+            f"cv.folds={folds}: {group_choice('data')} has no record or patient ids to make "
+            "record-disjoint folds; use data=mitbih or data=physionet, or data=image_folder "
+            "with data.group_regex")
+    if getattr(target, "needs_groups_for_folds", False) and not cfg.data.get("group_regex"):
+        raise ConfigError(f"cv.folds={folds}: {group_choice('data')} needs data.group_regex "
+                          "(the record id in each file name) to keep records within a fold")
+    if cfg.get("resume") or cfg.get("ckpt_path"):
+        raise ConfigError("cv.folds: resume / ckpt_path continue one run, not a "
+                          "cross-validation; run the folds again (prepared data is cached)")
+    return folds
+
+
+def fold_config(cfg: DictConfig, fold: int, folds: int, run_dir: Path) -> DictConfig:
+    """The config of one fold: its data fold, its own folder, no test split, no pruning."""
+    one = copy.deepcopy(cfg)
+    with open_dict(one):
+        one.data.folds, one.data.fold = folds, fold
+        one.cv.folds = None
+        one.test = False  # model selection never looks at the test split
+        one.paths.run_dir = str(run_dir / f"fold{fold}")
+        one.report.log_model = False
+        one.optuna_trial = None  # Optuna prunes on the whole CV, not on one fold's epochs
+        if one.get("logger"):
+            name = cfg.logger.get("run_name") or cfg.get("run_name") or "cv"
+            one.logger.run_name = f"{name}-fold{fold}"
+    return one
+
+
+def summarise(per_fold: pd.DataFrame) -> dict[str, float]:
+    """`cv/<metric>_mean` and `cv/<metric>_std` (sample sd, ddof=1) of every column."""
+    summary = {}
+    for column in per_fold.columns:
+        if column in ("fold", "epoch", "run_id"):
+            continue
+        values = per_fold[column].astype(float)
+        summary[f"cv/{column}_mean"] = float(values.mean())
+        summary[f"cv/{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return summary
+
+
+def _best_row(history: list[dict[str, float]], metric: str, mode: str) -> dict[str, float]:
+    rows = [row for row in history if metric in row]
+    pick = max if mode == "max" else min
+    return pick(rows, key=lambda row: row[metric]) if rows else {}
+
+
+def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, float]:
+    """Fit every fold of `cfg.cv.folds` and track them under one parent run; return the
+    means over the folds (`cv/...`) and, under the optimised and monitored metric names,
+    the mean of each fold's best value (what sweepers compare)."""
+    from ecg_experiments.tracking import choice_tags, log_files, log_run_metadata
+    from ecg_experiments.train import _default_run_name, _sweep_tags
+
+    folds = check_cross_validation(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    parent = None
+    if cfg.get("logger"):
+        name = cfg.logger.get("run_name") or _default_run_name() or "run"
+        parent = build(cfg.logger, tags={**_sweep_tags(), "cv.folds": str(folds)},
+                       run_name=f"{name}-cv{folds}")
+        with open_dict(cfg):
+            cfg.logger.run_name = name
+        config_file = run_dir / "config.yaml"
+        OmegaConf.save(cfg, config_file, resolve=True)
+        log_run_metadata(parent, cfg, config_file, {**choice_tags(), "cv.folds": str(folds)})
+    monitor, mode = str(cfg.monitor.metric), str(cfg.monitor.mode)
+    optimized = str(cfg.get("optimized_metric") or monitor)
+    rows, assignment = [], []
+    try:
+        for fold in range(folds):
+            log.info("cross-validation: fold %d of %d", fold + 1, folds)
+            tags = {"cv.fold": str(fold), "cv.folds": str(folds)}
+            if parent is not None:
+                tags["mlflow.parentRunId"] = parent.run_id
+            fitted = fit_one(fold_config(cfg, fold, folds, run_dir), tags)
+            best = _best_row(fitted.history, monitor, mode)
+            row = {"fold": fold, "epoch": best.get("epoch"), "run_id": fitted.run_id}
+            row.update({k: v for k, v in best.items() if k.startswith("val/")})
+            row.update({f"best/{k}": v for k, v in fitted.metrics.items() if k.startswith("val/")})
+            rows.append(row)
+            frame = fitted.split
+            if frame is not None and "record" in frame:
+                held = frame.loc[frame["split"] == "val", "record"].unique()
+                assignment += [{"record": r, "fold": fold} for r in sorted(held)]
+    except BaseException:
+        if parent is not None:
+            parent.experiment.set_terminated(parent.run_id, "FAILED")
+        raise
+    per_fold = pd.DataFrame(rows)
+    summary = summarise(per_fold.drop(columns=[c for c in per_fold if c.startswith("best/")]))
+    best_means = {name: float(per_fold[f"best/{name}"].mean())
+                  for name in {monitor, optimized} if f"best/{name}" in per_fold}
+    summary.update({f"cv/best/{k}_mean": v for k, v in best_means.items()})
+    summary.update({f"cv/best/{name}_std": float(per_fold[f"best/{name}"].std(ddof=1))
+                    for name in best_means if folds > 1})
+    per_fold.to_csv(run_dir / "cv_folds.csv", index=False)
+    files = {"per_fold": run_dir / "cv_folds.csv"}
+    if assignment:
+        pd.DataFrame(assignment).to_csv(run_dir / "cv_records.csv", index=False)
+        files["records"] = run_dir / "cv_records.csv"
+    _print_summary(per_fold, summary, monitor, optimized)
+    if parent is not None:
+        parent.log_metrics({**summary, **{f"best/{k}": v for k, v in best_means.items()}})
+        log_files(parent, files, "cv")
+        parent.finalize("success")
+    log.info("cross-validation of %d folds: %s = %.4f +- %.4f", folds, optimized,
+             best_means.get(optimized, float("nan")),
+             summary.get(f"cv/best/{optimized}_std", float("nan")))
+    return {**summary, **best_means}
+
+
+def _print_summary(per_fold: pd.DataFrame, summary: dict[str, float], *metrics: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    shown = [m for m in dict.fromkeys([*metrics, "val/acc", "val/loss"]) if m in per_fold]
+    view = Table(title=f"Cross-validation by record ({len(per_fold)} folds, best epoch each)")
+    for column in ("fold", "epoch", *shown):
+        view.add_column(column, justify="right")
+    for row in per_fold.to_dict("records"):
+        view.add_row(str(row["fold"]), str(row["epoch"]), *[f"{row[m]:.4f}" for m in shown])
+    view.add_row("mean ± sd", "", *[
+        f"{summary[f'cv/{m}_mean']:.4f} ± {summary[f'cv/{m}_std']:.4f}" for m in shown])
+    Console(width=max(Console().width, 100)).print(view)

@@ -1,0 +1,102 @@
+"""Record-grouped k-fold cross-validation (`cv.folds`): folds as child runs, means and sds on
+the parent, the CV mean returned to sweepers, the test split never touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import open_dict
+
+from ecg_experiments.errors import ConfigError
+from ecg_experiments.train import train
+from tests.conftest import FAST, all_runs, compose_config, run_cli, shared_path
+
+# three DS1 records and two DS2 records: folds of the DS1 pool, DS2 left alone
+RECORDS = "data.records=[101,106,108,100,103]"
+
+
+def _cv_config(tmp: Path, folds: int = 3, extra: tuple[str, ...] = ()):
+    return compose_config(tmp, [
+        "data=mitbih", f"data.dir={shared_path('mitdb')}", "data.download=false",
+        "data.split=interpatient", RECORDS, f"cv.folds={folds}", "trainer.max_epochs=2",
+        "trainer.limit_train_batches=4", "report.bootstrap_rounds=0", *extra])
+
+
+def test_folds_are_child_runs_with_disjoint_records_and_the_parent_gets_mean_and_sd(
+        tmp_path: Path, monkeypatch) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = _cv_config(tmp_path)
+    result = train(cfg)
+    runs = all_runs(tmp_path)
+    parent = next(r for r in runs if r.data.tags.get("cv.folds") == "3"
+                  and "cv.fold" not in r.data.tags)
+    folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["cv.fold"] for r in folds) == ["0", "1", "2"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    # the test split (DS2) is never scored in a cross-validation
+    assert not any(k.startswith("test/") for r in runs for k in r.data.metrics)
+    best = [r.data.metrics["best/val/f1_macro"] for r in folds]
+    assert result["val/f1_macro"] == pytest.approx(np.mean(best))
+    assert parent.data.metrics["best/val/f1_macro"] == pytest.approx(np.mean(best))
+    assert parent.data.metrics["cv/best/val/f1_macro_std"] == pytest.approx(np.std(best, ddof=1))
+    for name in ("val/acc", "val/loss", "val/recall_S", "val/precision_V"):
+        assert f"cv/{name}_mean" in parent.data.metrics and f"cv/{name}_std" in result
+    run_dir = Path(cfg.paths.run_dir)
+    assignment = pd.read_csv(run_dir / "cv_records.csv")
+    assert sorted(assignment["record"]) == ["mitdb/101", "mitdb/106", "mitdb/108"]
+    assert assignment["fold"].nunique() == 3  # one record per fold here, none in two
+    for k in range(3):  # each fold trains on the others and never sees DS2 in train/val
+        split = pd.read_csv(run_dir / f"fold{k}" / "split.csv")
+        held = set(split.loc[split["split"] == "val", "record"])
+        assert held == set(assignment.loc[assignment["fold"] == k, "record"])
+        assert not held & set(split.loc[split["split"] == "train", "record"])
+        assert set(split.loc[split["split"] == "test", "record"]) == {"mitdb/100", "mitdb/103"}
+    client = mlflow.MlflowClient(uri)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "cv")} == {
+        "cv/cv_folds.csv", "cv/cv_records.csv"}
+
+
+def test_what_cannot_be_cross_validated_is_refused_before_any_work(tmp_path: Path) -> None:
+    csv = shared_path("kachuee_samples", "mitbih_train_sample.csv")
+    cfg = compose_config(tmp_path, ["data=beats_csv", f"data.train_file={csv}", "cv.folds=5"])
+    with pytest.raises(ConfigError, match="has no record or patient ids"):
+        train(cfg)
+    cfg = _cv_config(tmp_path, folds=1)
+    with pytest.raises(ConfigError, match=r"cv.folds=1: expected an integer >= 2"):
+        train(cfg)
+    cfg = compose_config(tmp_path, ["data=image_folder", "data.root=x", "model=cnn2d",
+                                    "cv.folds=3"])
+    with pytest.raises(ConfigError, match="needs data.group_regex"):
+        train(cfg)
+    cfg = _cv_config(tmp_path)
+    with open_dict(cfg):
+        cfg.resume = True
+    with pytest.raises(ConfigError, match="not a cross-validation"):
+        train(cfg)
+    assert not list(tmp_path.glob("**/mlflow.db"))  # nothing was tracked
+
+
+@pytest.mark.slow  # ~1 min of sweep processes; `make test-all` runs it
+def test_an_optuna_sweep_over_cross_validation_selects_on_the_cv_mean(tmp_path: Path) -> None:
+    import optuna
+
+    run_cli(["hparams_search=optuna", "data=mitbih", f"data.dir={shared_path('mitdb')}",
+             "data.download=false", "data.split=interpatient", RECORDS, "cv.folds=2",
+             "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=cv", *FAST], tmp_path)
+    study = optuna.load_study(study_name="cv", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    runs = all_runs(tmp_path)
+    trials = [r for r in runs if r.data.tags.get("cv.folds") == "2"
+              and "cv.fold" not in r.data.tags]
+    assert len(study.trials) == 2 and len(trials) == 2
+    for trial in trials:  # each trial's value is the mean of its two folds' best epochs
+        folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == trial.info.run_id]
+        mean = np.mean([r.data.metrics["best/val/f1_macro"] for r in folds])
+        assert len(folds) == 2
+        assert trial.data.metrics["best/val/f1_macro"] == pytest.approx(mean)
+    values = sorted(t.value for t in study.trials)
+    assert values == pytest.approx(sorted(t.data.metrics["best/val/f1_macro"] for t in trials))
