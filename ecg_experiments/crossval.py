@@ -54,6 +54,7 @@ def fold_config(cfg: DictConfig, fold: int, folds: int, run_dir: Path) -> DictCo
         one.data.folds, one.data.fold = folds, fold
         one.cv.folds = None
         one.test = False  # model selection never looks at the test split
+        one.also_test = {}  # nor at other test data
         one.paths.run_dir = str(run_dir / f"fold{fold}")
         one.report.log_model = False
         one.optuna_trial = None  # Optuna prunes on the whole CV, not on one fold's epochs

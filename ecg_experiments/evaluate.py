@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -96,6 +97,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model, source_run = resolve_trained_model(cfg.get("ckpt"), cfg.get("run_id"), lookup_uri)
     data_cfg = data_for_model(cfg, model)
     data_option = group_choice("data") if cfg.get("data") else "the model's own data"
+    logger = build(cfg.logger) if cfg.get("logger") else None
+    tags = {**choice_tags(), **({"source.run_id": source_run} if source_run else {})}
+    return evaluate_model(cfg, model, data_cfg, data_option, Path(cfg.paths.run_dir), logger,
+                          tags)
+
+
+def evaluate_model(cfg: DictConfig, model: TrainedModel, data_cfg: DictConfig,
+                   data_option: str, run_dir: Path, logger: Any, tags: dict[str, str],
+                   title: str | None = None) -> dict[str, float]:
+    """Evaluate a loaded model on the data of `data_cfg` (`cfg.holdout` of it) and report
+    into `run_dir` and the MLflow run of `logger`; `cfg` gives holdout, class_map, trainer,
+    report and seed."""
     datamodule: ClassDataModule = build(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -107,34 +120,35 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                  ", ".join(datamodule.class_names), ", ".join(model.class_names))
     module = ClassifierModule(net=model.net, class_names=model.class_names,
                               config=to_container(model.config), input_spec=model.input)
-    logger = build(cfg.logger) if cfg.get("logger") else None
     trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[],
                           enable_checkpointing=False)
-    run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    effective = OmegaConf.create({**to_container(cfg), "data": to_container(data_cfg)})
+    fingerprint = datamodule.fingerprint()
+    if "sources" in fingerprint:  # which lead, rate and recipe the beats were read with
+        log.info("evaluating on %s: %s", fingerprint.get("databases", data_option),
+                 fingerprint["sources"])
     if logger is not None:
+        effective = OmegaConf.create({**to_container(cfg), "data": to_container(data_cfg)})
         config_file = run_dir / "config.yaml"
         OmegaConf.save(effective, config_file, resolve=True)
-        tags = {**choice_tags(), "source.checkpoint": str(model.checkpoint),
+        tags = {**tags, "source.checkpoint": str(model.checkpoint),
                 "model.input": model.input.describe(),
                 "data.classes": ", ".join(datamodule.class_names),
-                **{f"data.{k}": v for k, v in datamodule.fingerprint().items()}}
-        if source_run:
-            tags["source.run_id"] = source_run
+                **{f"data.{k}": v for k, v in fingerprint.items()}}
         log_run_metadata(logger, effective, config_file, tags)
-    results = trainer.test(module, dataloaders=_holdout_loader(datamodule, cfg.holdout, lookup),
-                           verbose=False)
+    loader = _holdout_loader(datamodule, cfg.holdout, lookup)
+    results = trainer.test(module, dataloaders=loader, verbose=False)
     metrics = {k: float(v) for k, v in results[0].items()}
     metrics.update(report_test_results(
         module, metrics, model.history, run_dir / "report", cfg.report, cfg.seed, logger,
-        f"Evaluation of {model.checkpoint.name} ({cfg.holdout})",
+        title or f"Evaluation of {model.checkpoint.name} ({cfg.holdout})",
     ))
     if cfg.holdout == "test" and datamodule.input_kind == "signal":
         labels = torch.as_tensor(lookup)[torch.as_tensor(datamodule.labels("test"))]
         metrics.update(robustness_report(module.net, datamodule.signals("test"), labels,
                                          model.input, cfg.report, run_dir / "report",
                                          cfg.seed, logger))
+    metrics["test/samples"] = float(len(loader.dataset))  # returned, not logged
     return metrics
 
 

@@ -345,6 +345,14 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
                     module.net, datamodule.signals("test"),
                     torch.as_tensor(datamodule.labels("test")), datamodule.input_spec(),
                     cfg.report, run_dir / "report", cfg.seed, tracked))
+            if cfg.get("also_test") and not best_path:
+                log.warning("also_test: no best checkpoint was saved (fast_dev_run or "
+                            "checkpointing off): the other test sets are skipped")
+            elif cfg.get("also_test"):  # the best checkpoint on other data, one table
+                from ecg_experiments.crossdb import also_test
+
+                metrics.update(also_test(cfg, best_path, metrics,
+                                         len(datamodule.labels("test")), run_dir, tracked))
     if tracked is not None and cfg.report.log_model:
         example = next(iter(datamodule.test_dataloader()))[0][:4]
         preprocessing = {"input": datamodule.input_spec().to_dict(),

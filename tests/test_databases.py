@@ -132,3 +132,37 @@ def test_cv_fold_stratifies_rare_classes_across_folds() -> None:
     assert all(len(np.unique(fold[groups == g])) == 1 for g in range(10))
     with pytest.raises(DataError, match="3 record.* cannot make cv.folds=5"):
         cv_fold(np.repeat(np.arange(3), 4), np.zeros(12, dtype=int), 5, seed=0)
+
+
+def test_also_test_evaluates_the_best_checkpoint_on_another_database_in_one_table(
+        tmp_path: Path, monkeypatch) -> None:
+    """experiment=crossdb's mechanism: trained on DS1 records, tested on DS2 and on an svdb
+    record (its own rate and lead) as a child run, one table."""
+    import mlflow
+    import pandas as pd
+
+    from ecg_experiments.train import train
+    from tests.conftest import all_runs, compose_config
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = compose_config(tmp_path, [
+        "experiment=crossdb", f"paths.mitdb_dir={shared_path('mitdb')}", "data.download=false",
+        "data.records=[101,106,100,103]", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4", "report.bootstrap_rounds=20", "report.log_model=false",
+        f"also_test.svdb.dir={shared_path('svdb')}", "also_test.svdb.records=[800]",
+        "also_test.svdb.download=false"])
+    metrics = train(cfg)
+    table = pd.read_csv(Path(cfg.paths.run_dir) / "report" / "also_test.csv")
+    assert table["data"].tolist() == ["test split", "svdb"]
+    # record 800's 1,883 beats less the centered window's edge losses
+    assert 1_875 <= table.loc[1, "beats"] <= 1_883
+    assert table.loc[1, "acc"] == pytest.approx(metrics["also_test/svdb/acc"])
+    runs = all_runs(tmp_path)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    child = next(r for r in runs if r.data.tags.get("also_test") == "svdb")
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.tags["data.sources"].startswith("lead ECG1 (1 record); 128 Hz -> 120 Hz")
+    assert child.data.metrics["test/aami/se_V"] == pytest.approx(table.loc[1, "se_V"])
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "report/also_test.csv" in {a.path for a in client.list_artifacts(
+        parent.info.run_id, "report")}

@@ -19,7 +19,7 @@ IMAGES = ["data.max_per_class=8", "data.batch_size=4", "data.num_workers=0",
 def test_the_seed_studies_are_all_there() -> None:
     assert EXPERIMENTS == ["accuracy_interpatient", "accuracy_random", "alexnet_spectrogram",
                            "cnn1d_balanced_noise_transfer", "cnn1d_mitbih", "cnn2d_beat_images",
-                           "inception_ecg_images"]
+                           "crossdb", "inception_ecg_images"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
