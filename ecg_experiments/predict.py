@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ecg_experiments.cli import exit_on_user_error, run_cli
 from ecg_experiments.data.beats import read_beats_csv
 from ecg_experiments.data.images import IMAGE_EXTENSIONS, ImageFiles, image_files, image_transform
-from ecg_experiments.data.physionet import AAMI_CLASSES, read_record
+from ecg_experiments.data.physionet import AAMI_CLASSES, DATABASES, read_record
 from ecg_experiments.data.segment import KachueeRecipe
 from ecg_experiments.errors import DataError
 from ecg_experiments.io import atomic_path
@@ -39,6 +39,17 @@ def _record_base(path: Path) -> Path | None:
     """The WFDB record path (without extension) that `path` names, if it names one."""
     base = path.with_suffix("") if path.suffix in (".hea", ".dat", ".atr") else path
     return base if base.with_name(base.name + ".hea").is_file() else None
+
+
+def record_leads(name: str, data: DictConfig) -> list[str]:
+    """The lead preference for a record: the model's data option (`leads`, or `lead` of
+    older runs), else the preset of the database whose record names it looks like."""
+    if data.get("leads"):
+        return [str(x) for x in data.leads]
+    if data.get("lead"):
+        return [str(data.lead)]
+    owner = next((db for db in DATABASES.values() if db.is_record(name)), None)
+    return list(owner.leads) if owner is not None else ["MLII"]
 
 
 def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataFrame]:
@@ -54,11 +65,14 @@ def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataF
         )
     if isinstance(recipe, KachueeRecipe):
         recipe = dataclasses.replace(recipe, drop_last_beat=False)  # a row for every beat
-    record = read_record(base.parent, base.name, lead=data.get("lead", "MLII"),
+    leads = record_leads(base.name, data)
+    record = read_record(base.parent, base.name, lead=leads,
                          missing_lead=data.get("missing_lead", "first"),
                          require_annotations=False)
     if record is None:
-        raise DataError(f"{base}: the record has no {data.get('lead', 'MLII')} lead")
+        raise DataError(f"{base}: the record has no {'/'.join(leads)} lead")
+    log.info("record %s: lead %s at %g Hz, beats cut at %g Hz (%s recipe)", base.name,
+             record.lead, record.fs, recipe.rate, recipe.name)
     if recipe.length != model.input.signal_length:
         raise DataError(f"{base}: the stored {recipe.name} recipe makes {recipe.length}-sample "
                         f"beats but the model takes {model.input.describe()}")

@@ -240,3 +240,17 @@ def test_a_model_evaluates_on_another_database_with_the_ec57_table(trained_run, 
     table = pd.read_csv(trained_run["tmp"] / "crossdb" / "run" / "report" / "aami.csv")
     beats = table.loc[table["class"] == "overall", "support"].item()
     assert beats == 1882  # record 800's 1,883 annotated beats, less the recipe's last
+
+
+def test_predict_reads_an_svdb_record_with_its_own_lead_and_rate(trained_run, tmp_path,
+                                                                  caplog) -> None:
+    checkpoint = checkpoint_from_run(trained_run["run"].info.run_id, trained_run["uri"],
+                                     str(tmp_path / "ckpt"))
+    cfg = compose_config(tmp_path, [f"ckpt={checkpoint}",
+                                    f"input={shared_path('svdb') / '800.hea'}"], "predict")
+    with caplog.at_level("INFO"):
+        frame = predict(cfg)
+    assert len(frame) == 1883  # every annotated beat of record 800
+    # the reference labels by AAMI name, as record 800's .atr has them
+    assert frame["true"].value_counts().to_dict() == {"N": 1846, "S": 30, "V": 6, "F": 1}
+    assert "record 800: lead ECG1 at 128 Hz, beats cut at 125 Hz (kachuee recipe)" in caplog.text
