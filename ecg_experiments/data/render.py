@@ -219,27 +219,25 @@ class RenderedBeats:
 
     def ensure(self) -> Path:
         """Render the images unless an up-to-date folder exists; return the folder."""
-        from ecg_experiments.data.mitbih import BeatTable
-
         palette(self.renderer.cmap)  # a bad colour map fails before any work
         if int(self.image_size) < 8:
             raise ConfigError(f"data.image_size={self.image_size}: expected at least 8 pixels")
         if self.max_per_class is not None and int(self.max_per_class) < 1:
             raise ConfigError(f"data.max_per_class={self.max_per_class}: expected >= 1 or null")
         self.beats.prepare_data()
-        prepared = Path(self.beats.prepared_path)
+        prepared = [Path(p) for p in self.beats.prepared_paths.values()]  # one per database
         manifest = {
             **self.config(),
-            "beats": prepared.name,
-            "beats_manifest_sha256": hashlib.sha256(
-                (prepared / "manifest.json").read_bytes()).hexdigest(),
+            "beats": prepared[0].name if len(prepared) == 1 else [p.name for p in prepared],
+            "beats_manifest_sha256": hashlib.sha256(b"".join(
+                (p / "manifest.json").read_bytes() for p in prepared)).hexdigest(),
         }
         key = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:10]
         target = Path(self.out_dir) / f"{self.renderer.name}-{self.image_size}px-{key}"
         if (target / "manifest.json").is_file():
             log.info("rendered images are up to date in %s: nothing to do", target)
             return target
-        table = BeatTable.load(prepared / "beats.npz")
+        table = self.beats.beat_table()
         chosen = self._choose(table.beats.labels)
         class_names = list(self.beats.class_names)
         labels = table.beats.labels[chosen]
