@@ -14,6 +14,7 @@ import copy
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,17 @@ from ecg_experiments.config import build, group_choice
 from ecg_experiments.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Fitted:
+    """What one fit (`train.fit_one`) leaves for a caller: its metrics, the metrics of every
+    epoch, the MLflow run (None without a logger) and the DataModule's split table."""
+
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    run_id: str | None
+    split: Any = None
 
 
 def check_cross_validation(cfg: DictConfig) -> int:

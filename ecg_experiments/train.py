@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from ecg_experiments.cli import exit_on_user_error, run_cli
 from ecg_experiments.config import build, group_choice, to_container, validate_train_config
+from ecg_experiments.crossval import Fitted, cross_validate
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.report import report_test_results
@@ -214,21 +214,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     and the values are the means over the folds.
     """
     if (cfg.get("cv") or {}).get("folds"):
-        from ecg_experiments.crossval import cross_validate
-
         return cross_validate(cfg, fit_one)
     return fit_one(cfg).metrics
-
-
-@dataclass
-class Fitted:
-    """What one fit leaves for a caller: its metrics, the validation metrics of every epoch
-    and the MLflow run (None without a logger)."""
-
-    metrics: dict[str, float]
-    history: list[dict[str, float]]
-    run_id: str | None
-    split: Any = None  # the DataModule's split table
 
 
 def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
