@@ -166,3 +166,10 @@ def test_also_test_evaluates_the_best_checkpoint_on_another_database_in_one_tabl
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert "report/also_test.csv" in {a.path for a in client.list_artifacts(
         parent.info.run_id, "report")}
+
+
+def test_an_empty_folder_of_a_listed_database_names_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"no svdb records \(no RECORDS file or headers"):
+        prepare_database(tmp_path / "svdb", tmp_path / "out", KachueeRecipe(), "svdb",
+                         download=False, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -27,6 +27,7 @@ from ecg_experiments.data.physionet import (
     DS2,
     Database,
     database_records,
+    download_into_own_folder,
     ensure_database,
     get_database,
     read_record,
@@ -119,9 +120,14 @@ def prepare_database(
     # before any download: the preset's record list (a folder's RECORDS once it is there)
     records = list(records) if records else (
         list(database.records) or database_records(directory, database))
-    if not records:
-        ensure_database(directory, database, list(database.records), download)
+    if not records:  # a database known by its folder's listing: fetch it when empty
+        if download:
+            download_into_own_folder(directory, database)
         records = database_records(directory, database)
+        if not records:
+            raise DataError(f"{directory}: no {database.name} records (no RECORDS file or "
+                            f"headers named like {database.record_pattern}); point data.dir "
+                            f"at a copy of {database.name}, or allow data.download")
     config = {
         "version": MANIFEST_VERSION,
         "database": database.name,

@@ -179,15 +179,7 @@ def ensure_database(directory: str | os.PathLike, database: Database | str,
                         f"database has {known}")
     missing = _missing_files(directory, records)
     if missing and len(missing) == len(records) and download:
-        others = sorted(p.name for p in directory.glob("*.hea")
-                        if not database.is_record(p.stem))
-        if others:
-            raise DataError(
-                f"{directory}: none of the {database.name} records are there, and the folder "
-                f"holds other records ({', '.join(others[:3])}...); not downloading "
-                f"{database.name} into it: point data.dir at a folder of its own"
-            )
-        download_database(directory, database)
+        download_into_own_folder(directory, database)
         missing = _missing_files(directory, records)
     if missing:
         listed = "; ".join(f"record {n}: {', '.join(files)}" for n, files in missing.items())
@@ -196,6 +188,20 @@ def ensure_database(directory: str | os.PathLike, database: Database | str,
             f".atr for each record (point data.dir at a complete copy of {database.name})"
         )
     return directory
+
+
+def download_into_own_folder(directory: Path, database: Database) -> None:
+    """Download `database` into `directory`, unless the folder holds another database's
+    records (a folder of its own, or an empty one, only)."""
+    others = sorted(p.name for p in Path(directory).glob("*.hea")
+                    if not database.is_record(p.stem))
+    if others:
+        raise DataError(
+            f"{directory}: none of the {database.name} records are there, and the folder "
+            f"holds other records ({', '.join(others[:3])}...); not downloading "
+            f"{database.name} into it: point data.dir at a folder of its own"
+        )
+    download_database(Path(directory), database)
 
 
 def ensure_mitdb(directory: str | os.PathLike, records: list[str], download: bool = True) -> Path:
