@@ -79,7 +79,8 @@ def test_beat_image_run_is_tracked_with_its_file_list(image_run) -> None:
     assert metrics["test/acc"] > 0.35  # five balanced classes: chance is 0.2
     split = pd.read_csv(image_run["tmp"] / "run" / "split.csv")
     assert split.groupby("split").size().to_dict() == {"test": 45, "train": 210, "val": 45}
-    assert split["path"].str.match(r"[NSVFQ]/\d{3}_\d{7}\.png").all()
+    assert split["path"].str.match(r"[NSVFQ]/mitdb-\d{3}_\d{7}\.png").all()
+    assert split["record"].str.match(r"mitdb-\d{3}$").all()  # data.group_regex's capture
     client = mlflow.MlflowClient(image_run["uri"])
     assert "split.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
