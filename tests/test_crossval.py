@@ -100,3 +100,33 @@ def test_an_optuna_sweep_over_cross_validation_selects_on_the_cv_mean(tmp_path: 
         assert trial.data.metrics["best/val/f1_macro"] == pytest.approx(mean)
     values = sorted(t.value for t in study.trials)
     assert values == pytest.approx(sorted(t.data.metrics["best/val/f1_macro"] for t in trials))
+
+
+def test_image_folders_make_folds_of_whole_records(tmp_path: Path) -> None:
+    """data=image_folder with data.group_regex: folds by the record in each file name."""
+    from PIL import Image
+
+    from ecg_experiments.data.images import ImageDataModule
+
+    rng = np.random.default_rng(0)
+    for record in range(8):
+        for name in ("N", "V"):
+            (tmp_path / name).mkdir(exist_ok=True)
+            for i in range(3):
+                pixels = rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / name / f"r{record}_{i}.png")
+
+    def records(fold: int) -> dict[str, set[str]]:
+        dm = ImageDataModule(str(tmp_path), split="records", group_regex=r"^(r\d+)_",
+                             image_size=12, val_fraction=0.25, test_fraction=0.25, folds=2,
+                             fold=fold, seed=1)
+        dm.setup("fit")
+        frame = dm.split_frame
+        return {s: set(frame.loc[frame["split"] == s, "record"]) for s in ("train", "val",
+                                                                            "test")}
+
+    first, second = records(0), records(1)
+    assert first["test"] == second["test"] and len(first["test"]) == 2
+    assert not first["val"] & second["val"]
+    assert first["val"] | second["val"] == first["train"] | first["val"]
+    assert first["train"] == second["val"] and len(first["train"] | first["val"]) == 6
