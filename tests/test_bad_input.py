@@ -147,7 +147,7 @@ CASES = {
                                             "data.download=false", "data.records=[100,101]"],
                                 "record 100: 100.atr"),
     "unknown record name": ("prepare", ["data.download=false", "data.records=[100,999]"],
-                            "unknown MIT-BIH record name(s) 999"),
+                            "data.records: '999' is not a record name of mitdb"),
     "trainer=gpu without a GPU": ("train", [CSV, "data.train_file={one_f}", "trainer=gpu"],
                                   "needs a CUDA GPU"),
     "resume without a checkpoint": ("train", [CSV, "data.train_file={one_f}", "resume=true"],
