@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ecg_experiments.config import build
@@ -35,12 +34,10 @@ def summary_row(name: str, metrics: dict[str, float], beats: int | None) -> dict
 
 def data_config(cfg: DictConfig, overrides: Any) -> DictConfig:
     """The run's data config with `overrides`, every sample in test where the data allows."""
+    from ecg_experiments.evaluate import every_sample_in_test
+
     data = OmegaConf.merge(cfg.data, overrides)
-    with open_dict(data):
-        if "all" in getattr(get_class(data._target_), "splits", ()):
-            data.split = "all"
-        for key in ("folds", "fold"):
-            data.pop(key, None)
+    every_sample_in_test(data)
     return data
 
 

@@ -78,14 +78,9 @@ def fold_config(cfg: DictConfig, fold: int, folds: int, run_dir: Path) -> DictCo
 
 def summarise(per_fold: pd.DataFrame) -> dict[str, float]:
     """`cv/<metric>_mean` and `cv/<metric>_std` (sample sd, ddof=1) of every column."""
-    summary = {}
-    for column in per_fold.columns:
-        if column in ("fold", "epoch", "run_id"):
-            continue
-        values = per_fold[column].astype(float)
-        summary[f"cv/{column}_mean"] = float(values.mean())
-        summary[f"cv/{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    return summary
+    values = per_fold.drop(columns=["fold", "epoch", "run_id"]).astype(float)
+    return {**{f"cv/{k}_mean": float(v) for k, v in values.mean().items()},
+            **{f"cv/{k}_std": float(v) for k, v in values.std(ddof=1).items()}}
 
 
 def _best_row(history: list[dict[str, float]], metric: str, mode: str) -> dict[str, float]:
@@ -138,12 +133,11 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
             parent.experiment.set_terminated(parent.run_id, "FAILED")
         raise
     per_fold = pd.DataFrame(rows)
-    summary = summarise(per_fold.drop(columns=[c for c in per_fold if c.startswith("best/")]))
-    best_means = {name: float(per_fold[f"best/{name}"].mean())
+    # every column: the validation metrics at the best epoch and best/<metric> of the
+    # monitored and the optimised metric (cv/best/<metric>_mean is what sweepers get)
+    summary = summarise(per_fold)
+    best_means = {name: summary[f"cv/best/{name}_mean"]
                   for name in {monitor, optimized} if f"best/{name}" in per_fold}
-    summary.update({f"cv/best/{k}_mean": v for k, v in best_means.items()})
-    summary.update({f"cv/best/{name}_std": float(per_fold[f"best/{name}"].std(ddof=1))
-                    for name in best_means if folds > 1})
     per_fold.to_csv(run_dir / "cv_folds.csv", index=False)
     files = {"per_fold": run_dir / "cv_folds.csv"}
     if assignment:

@@ -56,9 +56,9 @@ def data_for_model(cfg: DictConfig, model: TrainedModel) -> DictConfig:
     root = OmegaConf.merge({"model": model.config.model}, cfg)
     data = root.data
     spec = model.input
+    if cfg.holdout == "all":
+        every_sample_in_test(data)
     with open_dict(data):
-        if cfg.holdout == "all" and "all" in getattr(get_class(data._target_), "splits", ()):
-            data.split = "all"  # every sample is evaluated: no split to draw
         if spec.kind == "image":
             given = spec.to_dict()
             for key in ("image_size", "channels", "mean", "std"):
@@ -67,6 +67,14 @@ def data_for_model(cfg: DictConfig, model: TrainedModel) -> DictConfig:
         else:
             _cut_beats_as_trained(data, model)
     return data
+
+
+def every_sample_in_test(data: DictConfig) -> None:
+    """Put every sample of the data in its test split where the data offers one that does
+    (`split=all`): evaluating on all of it needs no split drawn."""
+    if "all" in getattr(get_class(data._target_), "splits", ()):
+        with open_dict(data):
+            data.split = "all"
 
 
 def _cut_beats_as_trained(data: DictConfig, model: TrainedModel) -> None:
@@ -78,7 +86,8 @@ def _cut_beats_as_trained(data: DictConfig, model: TrainedModel) -> None:
         if OmegaConf.to_container(data.recipe, resolve=True) != recipe:
             log.info("data.recipe: the model's (%s at %s Hz) replaces %s",
                      trained.recipe.get("_target_", "").rsplit(".", 1)[-1],
-                     trained.recipe.get("rate"), data.recipe.get("_target_", "").rsplit(".")[-1])
+                     trained.recipe.get("rate"),
+                     data.recipe.get("_target_", "").rsplit(".", 1)[-1])
             data.recipe = recipe
     spec = model.input
     if "rr_features" in data and bool(data.rr_features) != bool(spec.features):

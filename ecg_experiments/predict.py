@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ecg_experiments.cli import exit_on_user_error, run_cli
 from ecg_experiments.data.beats import read_beats_csv
 from ecg_experiments.data.images import IMAGE_EXTENSIONS, ImageFiles, image_files, image_transform
-from ecg_experiments.data.physionet import AAMI_CLASSES, DATABASES, read_record
+from ecg_experiments.data.physionet import AAMI_CLASSES, databases_of, read_record
 from ecg_experiments.data.segment import KachueeRecipe
 from ecg_experiments.errors import DataError
 from ecg_experiments.io import atomic_path
@@ -48,8 +48,8 @@ def record_leads(name: str, data: DictConfig) -> list[str]:
         return [str(x) for x in data.leads]
     if data.get("lead"):
         return [str(data.lead)]
-    owner = next((db for db in DATABASES.values() if db.is_record(name)), None)
-    return list(owner.leads) if owner is not None else ["MLII"]
+    owners = databases_of(name)
+    return list(owners[0].leads) if owners else ["MLII"]
 
 
 def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataFrame]:

@@ -172,6 +172,24 @@ def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_p
     assert tuned.data.tags["init_from.reinitialised"] == "none"
 
 
+# every data option and the matrix kind that runs its DataModule through all the steps;
+# data=mitbih is the mitdb preset of data=physionet, the rendered-image options are image
+# folders made by `prepare render=...`; image models refuse signal data and the reverse
+# before any work (test_image_training.py::test_signal_and_image_parts_do_not_mix)
+DATA_KINDS = {"beats_csv": "csv", "physionet": "rr", "mitbih": "rr", "image_folder": "image",
+              "spectrogram": "image", "scalogram": "image", "beat_images": "image"}
+
+
+def test_matrix_kinds_cover_every_data_option(compose_train) -> None:
+    """Adding a data config without a kind here fails."""
+    from ecg_experiments.config import CONFIG_DIR
+
+    assert {p.stem for p in (CONFIG_DIR / "data").glob("*.yaml")} == set(DATA_KINDS)
+    mitbih, physionet = (compose_train([f"data={name}"]).data for name in ("mitbih",
+                                                                            "physionet"))
+    assert mitbih._target_ == physionet._target_ and mitbih.database == "mitdb"
+
+
 def test_matrix_rows_cover_every_model_option() -> None:
     """Adding a model config without a row here fails: the matrix is the contract."""
     from ecg_experiments.config import CONFIG_DIR

@@ -61,7 +61,9 @@ def test_folds_are_child_runs_with_disjoint_records_and_the_parent_gets_mean_and
         "cv/cv_folds.csv", "cv/cv_records.csv"}
 
 
-def test_what_cannot_be_cross_validated_is_refused_before_any_work(tmp_path: Path) -> None:
+def test_what_cannot_be_cross_validated_is_refused_before_any_work(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     csv = shared_path("kachuee_samples", "mitbih_train_sample.csv")
     cfg = compose_config(tmp_path, ["data=beats_csv", f"data.train_file={csv}", "cv.folds=5"])
     with pytest.raises(ConfigError, match="has no record or patient ids"):

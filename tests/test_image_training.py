@@ -40,6 +40,8 @@ def test_image_configs_take_size_and_normalisation_from_the_model(compose_train,
 @pytest.mark.parametrize("model,data,kind", [
     ("alexnet", "beats_csv", "expects image input but data=beats_csv provides signal"),
     ("cnn1d", "spectrogram", "expects signal input but data=spectrogram provides image"),
+    ("cnn2d", "physionet", "expects image input but data=physionet provides signal"),
+    ("timm", "mitbih", "expects image input but data=mitbih provides signal"),
 ])
 def test_signal_and_image_parts_do_not_mix(compose_train, model, data, kind) -> None:
     cfg = compose_train([f"model={model}", f"data={data}", "++data.train_file=x.csv"])

@@ -27,6 +27,7 @@ from ecg_experiments.data.physionet import (
     DS2,
     Database,
     database_records,
+    databases_of,
     download_into_own_folder,
     ensure_database,
     get_database,
@@ -272,12 +273,12 @@ def _parse_records(given: Sequence[str] | None, databases: Sequence[Database]
                 raise ConfigError(f"data.records: {item!r} names database {name!r}, which is "
                                   f"not among data.databases ({', '.join(chosen)})")
         else:
-            owners = [db.name for db in databases if db.is_record(item)]
-            if len(owners) != 1:
+            owners = databases_of(item, databases)
+            if not owners:
                 raise ConfigError(
                     f"data.records: {item!r} is not a record name of "
                     f"{' or '.join(chosen)}; write <database>/<record>, e.g. mitdb/101")
-            name, record = owners[0], item
+            name, record = owners[0].name, item
         chosen[name].append(record)
     return chosen
 

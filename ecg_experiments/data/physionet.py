@@ -75,6 +75,13 @@ DATABASES = {
 }
 
 
+def databases_of(record: str, among: Sequence[Database] = tuple(DATABASES.values())
+                 ) -> list[Database]:
+    """The databases (of `among`) whose record names look like `record` (the presets'
+    patterns do not overlap, so at most one of them)."""
+    return [db for db in among if db.is_record(record)]
+
+
 def get_database(name: str) -> Database:
     """The preset of a database by its PhysioNet name."""
     if name not in DATABASES:
@@ -137,9 +144,8 @@ def _missing_files(directory: Path, records: list[str]) -> dict[str, list[str]]:
     return missing
 
 
-def download_database(directory: Path, database: Database | str = "mitdb") -> None:
+def download_database(directory: Path, database: Database) -> None:
     """Download a whole database with wfdb into `directory` (via a temp dir, then rename)."""
-    database = get_database(database) if isinstance(database, str) else database
     log.info("downloading the %s from PhysioNet into %s", database.title, directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{database.name}-", dir=directory.parent))
@@ -202,11 +208,6 @@ def download_into_own_folder(directory: Path, database: Database) -> None:
             f"{database.name} into it: point data.dir at a folder of its own"
         )
     download_database(Path(directory), database)
-
-
-def ensure_mitdb(directory: str | os.PathLike, records: list[str], download: bool = True) -> Path:
-    """`ensure_database` for MIT-BIH."""
-    return ensure_database(directory, "mitdb", records, download)
 
 
 def verify_checksums(directory: Path, records: list[str]) -> dict[str, str]:
