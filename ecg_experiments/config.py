@@ -37,24 +37,34 @@ def timm_data_config(model_name: str, key: str) -> Any:
     return [float(v) for v in getattr(pretrained, key)]
 
 
+def _window_length(*args: Any) -> int:
+    from ecg_experiments.data.segment import window_length  # scipy: loaded when resolved
+
+    return window_length(*args)
+
+
+def _rr_count(on: Any) -> int:
+    """The number of R-R features a beat carries (0 when off)."""
+    from ecg_experiments.data.segment import RR_FEATURES
+
+    return len(RR_FEATURES) if on else 0
+
+
 def register_resolvers() -> None:
-    """Register `${ecg.root:}`, `${ecg.window_length:b,a,rate}`, `${ecg.timm:name,key}` and
-    `${len:...}` (idempotent)."""
-    if not OmegaConf.has_resolver("ecg.root"):
-        OmegaConf.register_new_resolver("ecg.root", project_root)
-    if not OmegaConf.has_resolver("ecg.window_length"):
-        from ecg_experiments.data.segment import window_length
-
-        OmegaConf.register_new_resolver("ecg.window_length", window_length)
-    if not OmegaConf.has_resolver("ecg.rr_count"):  # R-R features a beat carries, or 0
-        from ecg_experiments.data.segment import RR_FEATURES
-
-        OmegaConf.register_new_resolver("ecg.rr_count",
-                                        lambda on: len(RR_FEATURES) if on else 0)
-    if not OmegaConf.has_resolver("ecg.timm"):
-        OmegaConf.register_new_resolver("ecg.timm", timm_data_config)
-    if not OmegaConf.has_resolver("len"):  # None while the classes come from the data
-        OmegaConf.register_new_resolver("len", lambda seq: None if seq is None else len(seq))
+    """Register `${ecg.root:}`, `${ecg.window_length:b,a,rate}`, `${ecg.rr_count:on}`,
+    `${ecg.timm:name,key}` and `${len:...}` (idempotent). Each imports what it needs when a
+    config is resolved, so that composing one stays fast."""
+    resolvers = {
+        "ecg.root": project_root,
+        "ecg.window_length": _window_length,
+        "ecg.rr_count": _rr_count,
+        "ecg.timm": timm_data_config,
+        # None while the classes come from the data
+        "len": lambda seq: None if seq is None else len(seq),
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def group_choice(group: str) -> str:
@@ -66,9 +76,28 @@ def group_choice(group: str) -> str:
     return group
 
 
+# The input kind of each DataModule of the project, by `_target_`: a model/data mismatch is
+# then refused before Lightning loads (about 10 s); tests/test_config.py checks this against
+# each class's own `input_kind`. Other targets are imported to ask them.
+DATA_INPUT_KINDS = {
+    "ecg_experiments.data.beats.BeatsDataModule": "signal",
+    "ecg_experiments.data.mitbih.PhysionetDataModule": "signal",
+    "ecg_experiments.data.mitbih.MitbihDataModule": "signal",
+    "ecg_experiments.data.images.ImageDataModule": "image",
+}
+
+
+def data_input_kind(target: str) -> str | None:
+    """"signal" or "image": what the DataModule `target` gives a model."""
+    if target in DATA_INPUT_KINDS:
+        return DATA_INPUT_KINDS[target]
+    return getattr(get_class(target), "input_kind", None)
+
+
 def validate_train_config(cfg: DictConfig) -> None:
-    """Fail before any work starts when groups disagree or options are out of range."""
-    data_kind = getattr(get_class(cfg.data._target_), "input_kind", None)
+    """Fail before any work starts when groups disagree or options are out of range (fast:
+    the train command runs it before the heavy libraries load)."""
+    data_kind = data_input_kind(str(cfg.data._target_))
     model_kind = cfg.model.get("input_kind")
     if data_kind is not None and model_kind is not None and data_kind != model_kind:
         raise ConfigError(

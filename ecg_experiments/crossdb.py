@@ -34,7 +34,7 @@ def summary_row(name: str, metrics: dict[str, float], beats: int | None) -> dict
 
 def data_config(cfg: DictConfig, overrides: Any) -> DictConfig:
     """The run's data config with `overrides`, every sample in test where the data allows."""
-    from ecg_experiments.evaluate import every_sample_in_test
+    from ecg_experiments.tasks.evaluate import every_sample_in_test
 
     data = OmegaConf.merge(cfg.data, overrides)
     every_sample_in_test(data)
@@ -48,8 +48,8 @@ def also_test(cfg: DictConfig, checkpoint: str, test_metrics: dict[str, float],
     from rich.console import Console
     from rich.table import Table
 
-    from ecg_experiments.evaluate import evaluate_model
     from ecg_experiments.models.checkpoint import load_trained_model
+    from ecg_experiments.tasks.evaluate import evaluate_model
     from ecg_experiments.tracking import log_files
 
     model = load_trained_model(Path(checkpoint))

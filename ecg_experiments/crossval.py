@@ -93,8 +93,8 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
     """Fit every fold of `cfg.cv.folds` and track them under one parent run; return the
     means over the folds (`cv/...`) and, under the optimised and monitored metric names,
     the mean of each fold's best value (what sweepers compare)."""
+    from ecg_experiments.tasks.train import _default_run_name, _sweep_tags
     from ecg_experiments.tracking import choice_tags, log_files, log_run_metadata
-    from ecg_experiments.train import _default_run_name, _sweep_tags
 
     folds = check_cross_validation(cfg)
     run_dir = Path(cfg.paths.run_dir)

@@ -1,205 +1,25 @@
-"""Classify new beats or images with a saved model: `python -m ecg_experiments.predict ...
-input=<path>`.
+"""Class probabilities of new inputs with a saved model.
 
-Inputs for a signal model: a Kaggle-format beats CSV (label column optional) or a raw WFDB
-record; the beats of a record are made with the preprocessing stored with the model (lead,
-recipe). For an image model: an image file or a folder of them (class subfolders give the
-true class), resized and normalised as the model was evaluated.
+`python -m ecg_experiments.predict run_id=<id> | ckpt=<path>
+input=<beats.csv | record | image | folder>`.
+
+The work is `ecg_experiments.tasks.predict.predict`,
+imported once Hydra has composed the config.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-from pathlib import Path
-
 import hydra
-import numpy as np
-import pandas as pd
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
-from rich.console import Console
-from rich.table import Table
-from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ecg_experiments.cli import exit_on_user_error, run_cli
-from ecg_experiments.data.beats import read_beats_csv
-from ecg_experiments.data.images import IMAGE_EXTENSIONS, ImageFiles, image_files, image_transform
-from ecg_experiments.data.physionet import AAMI_CLASSES, databases_of, read_record
-from ecg_experiments.data.segment import KachueeRecipe
-from ecg_experiments.errors import DataError
-from ecg_experiments.io import atomic_path
-from ecg_experiments.models.checkpoint import TrainedModel, resolve_trained_model
-
-log = logging.getLogger(__name__)
-
-
-def _record_base(path: Path) -> Path | None:
-    """The WFDB record path (without extension) that `path` names, if it names one."""
-    base = path.with_suffix("") if path.suffix in (".hea", ".dat", ".atr") else path
-    return base if base.with_name(base.name + ".hea").is_file() else None
-
-
-def record_leads(name: str, data: DictConfig) -> list[str]:
-    """The lead preference for a record: the model's data option (`leads`, or `lead` of
-    older runs), else the preset of the database whose record names it looks like."""
-    if data.get("leads"):
-        return [str(x) for x in data.leads]
-    if data.get("lead"):
-        return [str(data.lead)]
-    owners = databases_of(name)
-    return list(owners[0].leads) if owners else ["MLII"]
-
-
-def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataFrame]:
-    data = model.config.data
-    if "recipe" in data:
-        recipe = instantiate(data.recipe)
-    elif int(data.get("signal_length", 0)) == KachueeRecipe.length:
-        recipe = KachueeRecipe()  # Kaggle-format CSVs were made with this recipe
-    else:
-        raise DataError(
-            f"{base}: the model was trained on {data.get('signal_length')}-sample beats from "
-            "CSV files; no recipe is stored that would cut such beats from a raw record"
-        )
-    if isinstance(recipe, KachueeRecipe):
-        recipe = dataclasses.replace(recipe, drop_last_beat=False)  # a row for every beat
-    leads = record_leads(base.name, data)
-    record = read_record(base.parent, base.name, lead=leads,
-                         missing_lead=data.get("missing_lead", "first"),
-                         require_annotations=False)
-    if record is None:
-        raise DataError(f"{base}: the record has no {'/'.join(leads)} lead")
-    log.info("record %s: lead %s at %g Hz, beats cut at %g Hz (%s recipe)", base.name,
-             record.lead, record.fs, recipe.rate, recipe.name)
-    if recipe.length != model.input.signal_length:
-        raise DataError(f"{base}: the stored {recipe.name} recipe makes {recipe.length}-sample "
-                        f"beats but the model takes {model.input.describe()}")
-    beats = recipe.extract(record)
-    info = pd.DataFrame({"record": record.name, "sample": beats.samples,
-                         "symbol": beats.symbols})
-    # the reference label by its AAMI class name (never by its index in the model's classes)
-    info["true"] = [AAMI_CLASSES[k] if k >= 0 else "" for k in beats.labels]
-    if model.input.features:  # as in training: the features after the samples
-        if beats.features.shape[1] != model.input.num_features:
-            raise DataError(f"{base}: the recipe gives {beats.features.shape[1]} per-beat "
-                            f"features but the model takes {model.input.describe()}")
-        return np.concatenate([beats.signals, beats.features], axis=1), info
-    return beats.signals, info
-
-
-def _image_inputs(path: Path, model: TrainedModel) -> tuple[Dataset, pd.DataFrame]:
-    """Images of a file or folder, preprocessed as in the model's evaluation.
-
-    In a folder whose subfolders are named after the model's classes, the folder name is
-    taken as the true class.
-    """
-    if path.is_dir():
-        files = image_files(path)
-    elif path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-        files = [path]
-    else:
-        raise DataError(f"input={path}: expected an image file ({', '.join(IMAGE_EXTENSIONS)}) "
-                        "or a folder of images for this image model")
-    spec = model.input
-    transform = image_transform(int(spec.image_size), list(spec.mean), list(spec.std))
-    info = pd.DataFrame({"file": [str(f) for f in files]})
-    if path.is_dir():
-        folders = [f.relative_to(path).parts[0] if len(f.relative_to(path).parts) > 1 else ""
-                   for f in files]
-        if any(name in model.class_names for name in folders):
-            info["true"] = [name if name in model.class_names else "" for name in folders]
-    dataset = ImageFiles(files, np.full(len(files), -1), transform, int(spec.channels or 3))
-    return dataset, info
-
-
-def load_inputs(path: str | Path, model: TrainedModel) -> tuple[Dataset, pd.DataFrame]:
-    """The model's inputs as a Dataset (beats [1, length] or images [C, H, W]) and a table
-    describing each (row or file, record, true class...)."""
-    path = Path(path)
-    if model.input.kind == "image":
-        return _image_inputs(path, model)
-    signals, info = _signal_inputs(path, model)
-    x = torch.from_numpy(np.ascontiguousarray(signals, dtype=np.float32)).unsqueeze(1)
-    return TensorDataset(x), info
-
-
-def _signal_inputs(path: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataFrame]:
-    if path.suffix.lower() == ".csv":
-        if model.input.features:
-            raise DataError(
-                f"input={path}: the model takes {model.input.describe()}, which a beats CSV "
-                "does not carry; give a WFDB record (the features are computed from it)")
-        length = int(model.input.signal_length)
-        signals, labels = read_beats_csv(path, length, model.class_names, labelled=None)
-        info = pd.DataFrame({"row": np.arange(len(signals))})
-        if labels is not None:
-            info["true"] = [model.class_names[k] for k in labels]
-        return signals, info
-    base = _record_base(path)
-    if base is not None:
-        return _record_beats(base, model)
-    raise DataError(
-        f"input={path}: expected a Kaggle-format .csv file or a WFDB record (its .hea file or "
-        "its path without extension); the file does not exist or is neither"
-    )
-
-
-def predict_probabilities(net: torch.nn.Module, inputs: Dataset, batch_size: int) -> np.ndarray:
-    """Class probabilities [n, classes] in batches, without gradients."""
-    net.eval()
-    with torch.no_grad():
-        parts = [net(batch[0]).softmax(dim=-1)
-                 for batch in DataLoader(inputs, batch_size=batch_size)]
-    return torch.cat(parts).numpy()
-
-
-def predict(cfg: DictConfig) -> pd.DataFrame:
-    """Predict every beat of `cfg.input`; write the CSV to `cfg.output` and return it."""
-    model, _ = resolve_trained_model(cfg.get("ckpt"), cfg.get("run_id"), cfg.paths.tracking_uri)
-    inputs, frame = load_inputs(cfg.input, model)
-    if len(inputs) == 0:
-        raise DataError(f"input={cfg.input}: no beats or images found; expected "
-                        + ("an image file or a folder holding images" if
-                           model.input.kind == "image" else "a CSV with rows or a record "
-                           "with beats"))
-    probs = predict_probabilities(model.net, inputs, int(cfg.batch_size))
-    frame["predicted"] = [model.class_names[k] for k in probs.argmax(axis=1)]
-    for k, name in enumerate(model.class_names):
-        frame[f"prob_{name}"] = probs[:, k]
-    output = Path(cfg.output)
-    with atomic_path(output) as tmp:
-        frame.to_csv(tmp, index=False)
-    print_summary(frame, model.class_names, output)
-    return frame
-
-
-def print_summary(frame: pd.DataFrame, class_names: list[str], output: Path) -> None:
-    what = "images" if "file" in frame else "beats"
-    view = Table(title=f"{len(frame):,} {what} predicted")
-    view.add_column("class")
-    view.add_column("predicted", justify="right")
-    has_truth = "true" in frame and (frame["true"] != "").any()
-    if has_truth:
-        view.add_column("true", justify="right")
-    for name in class_names:
-        row = [name, f"{(frame['predicted'] == name).sum():,}"]
-        if has_truth:
-            row.append(f"{(frame['true'] == name).sum():,}")
-        view.add_row(*row)
-    console = Console()
-    console.print(view)
-    if has_truth:
-        known = frame["true"] != ""
-        accuracy = (frame.loc[known, "true"] == frame.loc[known, "predicted"]).mean()
-        console.print(f"agreement with the reference labels: {accuracy:.4f}")
-    console.print(f"predictions written to {output}")
+from ecg_experiments.cli import run_cli, task
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
+    with task():
+        from ecg_experiments.tasks.predict import predict
+
         predict(cfg)
 
 

@@ -94,7 +94,7 @@ def kachuee_prepared(mitdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 # Fast training settings and helpers for tests that run the CLI
 FAST = ["trainer.max_epochs=2", "report.log_model=false", "report.bootstrap_rounds=0",
-        "callbacks.progress_bar=null"]
+        "report.attribution_per_group=0", "callbacks.progress_bar=null"]
 
 
 @pytest.fixture(scope="session")

@@ -52,9 +52,9 @@ ACCEPTED = {("beats CSV (train)", "utf16"), ("beats CSV (predict)", "utf16")}
 
 
 def _entry(name: str) -> Callable:
-    from ecg_experiments.evaluate import evaluate
-    from ecg_experiments.predict import predict
-    from ecg_experiments.train import train
+    from ecg_experiments.tasks.evaluate import evaluate
+    from ecg_experiments.tasks.predict import predict
+    from ecg_experiments.tasks.train import train
 
     return {"train": train, "predict": predict, "evaluate": evaluate}[name]
 

@@ -8,7 +8,7 @@ import torch
 
 from ecg_experiments.config import validate_train_config
 from ecg_experiments.errors import ConfigError
-from ecg_experiments.train import train
+from ecg_experiments.tasks.train import train
 
 CSV = ["data=beats_csv", "data.train_file=unused.csv"]
 
@@ -74,7 +74,7 @@ def test_trainer_gpu_without_gpu_fails_clearly(compose_train) -> None:
 
 def test_balanced_class_weights(compose_train, tmp_path) -> None:
     from ecg_experiments.data.beats import BeatsDataModule, write_beats_csv
-    from ecg_experiments.train import _class_weights
+    from ecg_experiments.tasks.train import _class_weights
 
     labels = [0] * 60 + [1] * 20 + [2] * 20  # class 3 and 4 absent
     path = tmp_path / "b.csv"

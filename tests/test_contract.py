@@ -19,15 +19,17 @@ import pytest
 
 from ecg_experiments.data.beats import read_beats_csv, write_beats_csv
 from ecg_experiments.data.render import WaveformRenderer, write_images
-from ecg_experiments.evaluate import evaluate
-from ecg_experiments.export import export_model
 from ecg_experiments.models.checkpoint import checkpoint_from_run, load_trained_model
-from ecg_experiments.predict import predict
-from ecg_experiments.train import train
+from ecg_experiments.tasks.evaluate import evaluate
+from ecg_experiments.tasks.explain import explain
+from ecg_experiments.tasks.export import export_model
+from ecg_experiments.tasks.predict import predict
+from ecg_experiments.tasks.train import train
 from tests.conftest import compose_config, shared_path
 
 STEPS = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-         "report.bootstrap_rounds=0", "callbacks.progress_bar=null",
+         "report.bootstrap_rounds=0", "report.attribution_per_group=4",
+         "callbacks.progress_bar=null",
          "callbacks.early_stopping=null"]
 IMAGE_ORDER = ["V", "N", "S"]  # the label order of training; the folders sort N, S, V
 
@@ -120,6 +122,9 @@ def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_p
     assert spec.shape == expected_shape
     classes = list(IMAGE_ORDER) if kind == "image" else list("NSVFQ")
     assert trained.class_names == list(spec.class_names) == classes
+    report = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "report")}
+    # signal models: the mean attribution per class over the test beats (Captum)
+    assert ("mean_attribution.png" in report) == (kind != "image")
 
     # 2. evaluate by run id and by checkpoint: the same numbers as training's test
     evaluation = ["report.bootstrap_rounds=0", "logger=none"]
@@ -151,6 +156,14 @@ def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_p
         assert len(frame) > 1500 and set(frame["true"]) <= {"N", "S", "V", "F"}
     else:  # the whole CSV / folder: agreement with the truth = evaluate's accuracy on it
         assert (frame["true"] == frame["predicted"]).mean() == pytest.approx(own["test/acc"])
+
+    # 4b. explain the first inputs predict saw: integrated gradients on beats (R-R features
+    # too), Grad-CAM on images; the same predicted classes as predict's
+    table = explain(compose_config(tmp_path / "why", [f"ckpt={ckpt}", f"input={source}",
+                                                      "limit=2", "steps=8"], "explain"))
+    assert list(table["position"]) == [0, 1]
+    assert list(table["predicted"]) == list(frame["predicted"][:2])
+    assert all(Path(f).is_file() and Path(f).stat().st_size > 5000 for f in table["figure"])
 
     # 5. export, both formats, parity-checked on inputs of the stored shape
     for fmt in ("onnx", "torchscript"):

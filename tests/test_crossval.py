@@ -12,7 +12,7 @@ import pytest
 from omegaconf import open_dict
 
 from ecg_experiments.errors import ConfigError
-from ecg_experiments.train import train
+from ecg_experiments.tasks.train import train
 from tests.conftest import FAST, all_runs, compose_config, run_cli, shared_path
 
 # three DS1 records and two DS2 records: folds of the DS1 pool, DS2 left alone

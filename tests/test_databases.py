@@ -141,7 +141,7 @@ def test_also_test_evaluates_the_best_checkpoint_on_another_database_in_one_tabl
     import mlflow
     import pandas as pd
 
-    from ecg_experiments.train import train
+    from ecg_experiments.tasks.train import train
     from tests.conftest import all_runs, compose_config
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

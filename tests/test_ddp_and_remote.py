@@ -16,7 +16,7 @@ import pytest
 
 from ecg_experiments.config import PROJECT_ROOT
 from ecg_experiments.errors import ConfigError
-from ecg_experiments.train import train
+from ecg_experiments.tasks.train import train
 from tests.conftest import FAST, all_runs, run_cli
 
 

@@ -23,8 +23,8 @@ from ecg_experiments.evaluation.robustness import noise_robustness
 from ecg_experiments.inputs import RemapLabels, match_classes, on_signal
 from ecg_experiments.models.backbones import build_backbone
 from ecg_experiments.models.freezing import FreezeAllButLastN, FreezeBackbone, GradualUnfreezing
-from ecg_experiments.tracking import MlflowSweepCallback, parent_run_file
-from ecg_experiments.train import train
+from ecg_experiments.sweepers.parent_run import MlflowSweepCallback, parent_run_file
+from ecg_experiments.tasks.train import train
 from tests.conftest import compose_config, shared_path
 
 
@@ -108,7 +108,8 @@ def test_train_returns_and_logs_the_best_epoch_of_the_optimised_metric(
     csv = shared_path("kachuee_samples", "mitbih_train_sample.csv")
     cfg = compose_config(tmp_path, [
         "data=beats_csv", f"data.train_file={csv}", "trainer.max_epochs=3",
-        "report.log_model=false", "report.bootstrap_rounds=0", "callbacks.progress_bar=null",
+        "report.log_model=false", "report.bootstrap_rounds=0", "report.attribution_per_group=0",
+        "callbacks.progress_bar=null",
         "optimized_metric=val/loss", "optimized_mode=min", "optimizer.lr=0.03"])
     metrics = train(cfg)
     client = mlflow.MlflowClient(uri)
@@ -217,8 +218,8 @@ def test_another_database_is_cut_with_the_recipe_the_model_was_trained_with(tmp_
     and holdout=all evaluates every beat (split=all) instead of drawing a split."""
     from types import SimpleNamespace
 
-    from ecg_experiments.evaluate import data_for_model
     from ecg_experiments.inputs import InputSpec
+    from ecg_experiments.tasks.evaluate import data_for_model
 
     trained = compose_config(tmp_path, ["data=mitbih", "data/recipe=centered",
                                         "data.recipe.rate=120", "data.rr_features=true",

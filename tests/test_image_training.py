@@ -14,8 +14,8 @@ from PIL import Image
 
 from ecg_experiments.config import validate_train_config
 from ecg_experiments.errors import ConfigError
-from ecg_experiments.predict import predict
-from ecg_experiments.train import train
+from ecg_experiments.tasks.predict import predict
+from ecg_experiments.tasks.train import train
 from tests.conftest import FAST, all_runs, compose_config, run_cli, shared_path
 
 IMAGE_MODELS = ["alexnet", "inception_v3", "cnn2d", "timm"]

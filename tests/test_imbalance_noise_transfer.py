@@ -77,7 +77,7 @@ def test_balance_options_are_checked(imbalanced_csv) -> None:
 
 
 def test_class_weights_mode_weights_the_loss(compose_train, imbalanced_csv) -> None:
-    from ecg_experiments.train import _class_weights
+    from ecg_experiments.tasks.train import _class_weights
 
     cfg = compose_train(["data=beats_csv", f"data.train_file={imbalanced_csv}",
                          "data.balance=class_weights"])
@@ -143,7 +143,7 @@ class Recording(SignalAugment):
 
 
 def test_augmentation_touches_training_batches_only(small_csv, compose_train) -> None:
-    from ecg_experiments.train import train
+    from ecg_experiments.tasks.train import train
 
     SEEN.clear()
     cfg = compose_train(["data=beats_csv", f"data.train_file={small_csv}", "data/augment=noise",
@@ -209,7 +209,7 @@ def test_fine_tune_mitbih_model_on_ptb_through_a_run_id(small_csv, tmp_path, com
     import mlflow
 
     from ecg_experiments.data.beats import write_beats_csv
-    from ecg_experiments.train import train
+    from ecg_experiments.tasks.train import train
     from tests.conftest import FAST
 
     cfg = compose_train(["data=beats_csv", f"data.train_file={small_csv}", *FAST,

@@ -13,13 +13,14 @@ import mlflow
 import pytest
 
 from ecg_experiments.config import PROJECT_ROOT
-from ecg_experiments.train import train
+from ecg_experiments.tasks.train import train
 from tests.conftest import FAST, all_runs
 
 # five real records (11k beats, every class), short epochs, deterministic on CPU
 MITBIH = ["data.records=[100,105,119,208,217]", "data.download=false", "trainer=cpu",
           "trainer.deterministic=true", "trainer.max_epochs=3", "trainer.limit_train_batches=60",
           "data.batch_size=32", "report.log_model=false", "report.bootstrap_rounds=0",
+          "report.attribution_per_group=0",
           "callbacks.progress_bar=null", "callbacks.early_stopping.patience=10"]
 
 

@@ -10,15 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from ecg_experiments.errors import ConfigError, DataError
-from ecg_experiments.evaluate import evaluate
 from ecg_experiments.evaluation.report import bootstrap_ci, report_table
-from ecg_experiments.export import export_model
 from ecg_experiments.models.checkpoint import checkpoint_from_run, load_trained_model
-from ecg_experiments.predict import predict
-from ecg_experiments.train import train
+from ecg_experiments.tasks.evaluate import evaluate
+from ecg_experiments.tasks.explain import explain
+from ecg_experiments.tasks.export import export_model
+from ecg_experiments.tasks.predict import predict, rhythm_strip
+from ecg_experiments.tasks.train import train
 from tests.conftest import compose_config, shared_path
 
 
@@ -44,7 +46,8 @@ def test_report_artifacts_ci_metrics_and_logged_model(trained_run) -> None:
     run = trained_run["run"]
     report = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/confusion_matrix.png", "report/roc.png", "report/learning_curves.png",
-            "report/per_class.csv", "report/confidence_intervals.csv"} <= report
+            "report/per_class.csv", "report/confidence_intervals.csv",
+            "report/mean_attribution.png"} <= report
     metrics = run.data.metrics
     for name in ("acc", "f1_macro", "recall_N", "recall_Q"):
         low, high = metrics[f"test/{name}_ci_low"], metrics[f"test/{name}_ci_high"]
@@ -100,6 +103,62 @@ def test_predict_a_raw_record_one_row_per_annotated_beat(trained_run, tmp_path) 
     written = pd.read_csv(tmp_path / "run" / "predictions.csv")
     assert len(written) == 2273 and list(written.columns[:4]) == ["record", "sample", "symbol",
                                                                   "true"]
+
+
+def test_predict_draws_a_rhythm_strip_of_a_record(trained_run, tmp_path) -> None:
+    """Record 208 (V and F beats): the strip of 10-40 s holds every predicted beat of that
+    range, reference labels beneath and each disagreement marked."""
+    mitdb = shared_path("mitdb")
+    checkpoint = checkpoint_from_run(trained_run["run"].info.run_id, trained_run["uri"],
+                                     str(tmp_path / "ckpt"))
+    cfg = compose_config(tmp_path, [f"ckpt={checkpoint}", f"input={mitdb / '208'}",
+                                    "strip.start=10", "strip.duration=30"], "predict")
+    frame = predict(cfg)
+    in_range = frame[(frame["sample"] >= 10 * 360) & (frame["sample"] < 40 * 360)]
+    path, beats, wrong = rhythm_strip(frame, cfg.strip)
+    assert path == tmp_path / "run" / "rhythm_strip.png" and path.stat().st_size > 20_000
+    assert beats == len(in_range) > 30
+    assert wrong == int((in_range["true"] != in_range["predicted"]).sum())
+    assert {"V", "N"} <= set(in_range["true"])
+    with Image.open(path) as picture:
+        assert picture.size[0] > 1500  # 30 s drawn wide enough to read each label
+    late = compose_config(tmp_path / "late", [f"ckpt={checkpoint}", f"input={mitdb / '208'}",
+                                              "strip.start=5000"], "predict")
+    with pytest.raises(ConfigError, match="strip.start=5000: record 208 lasts 1805.6 s"):
+        predict(late)
+    assert not (tmp_path / "late" / "run" / "predictions.csv").exists()  # refused first
+
+
+def test_explain_beats_of_a_csv_and_of_a_record(trained_run, tmp_path) -> None:
+    """Integrated gradients on the public rows and on record 208's V beats: one figure per
+    beat, the same predicted class as predict, a table of what was explained."""
+    mitdb = shared_path("mitdb")
+    checkpoint = checkpoint_from_run(trained_run["run"].info.run_id, trained_run["uri"],
+                                     str(tmp_path / "ckpt"))
+    rows = explain(compose_config(tmp_path / "csv", [f"ckpt={checkpoint}",
+                                                     f"input={trained_run['csv']}",
+                                                     "items=[0,150,499]"], "explain"))
+    assert list(rows["position"]) == [0, 150, 499]
+    assert list(rows["true"]) == ["F", "N", "S"]  # the labels of those public rows
+    folder = tmp_path / "csv" / "run" / "explain"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "000_row00000.png", "001_row00150.png", "002_row00499.png", "explanations.csv"]
+    predicted = predict(compose_config(tmp_path / "p", [f"ckpt={checkpoint}",
+                                                        f"input={trained_run['csv']}"],
+                                       "predict"))
+    assert list(rows["predicted"]) == list(predicted["predicted"][[0, 150, 499]])
+    beats = explain(compose_config(tmp_path / "rec", [f"ckpt={checkpoint}",
+                                                      f"input={mitdb / '208'}", "only=[V]",
+                                                      "limit=3"], "explain"))
+    assert len(beats) == 3 and set(beats["predicted"]) == {"V"}
+    assert beats["figure"].str.contains(r"_208_s\d{7}\.png$").all()
+    for option, message in (("target=X", "target=X: not a class of this model"),
+                            ("items=[900]", r"items=\[900\]: .* holds 500 inputs")):
+        with pytest.raises(ConfigError, match=message):
+            explain(compose_config(tmp_path / "bad", [f"ckpt={checkpoint}",
+                                                      f"input={trained_run['csv']}", option],
+                                   "explain"))
+    assert not (tmp_path / "bad" / "run" / "explain").exists()
 
 
 def test_predict_a_record_without_annotations_and_a_csv(trained_run, tmp_path) -> None:
@@ -206,7 +265,7 @@ def test_explore_writes_distribution_examples_and_split_sizes(
 ) -> None:
     from hydra.utils import instantiate
 
-    from ecg_experiments.explore import explore_data
+    from ecg_experiments.tasks.explore import explore_data
 
     cfg = compose_train(["data=beats_csv", f"data.train_file={kachuee_mitbih_csv}"], "explore")
     datamodule = instantiate(cfg.data)

@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from ecg_experiments.sweepers.optuna import OptunaSweeperBase
-from ecg_experiments.train import train
+from ecg_experiments.tasks.train import train
 from tests.conftest import FAST, all_runs, run_cli
 
 

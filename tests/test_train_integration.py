@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ecg_experiments.config import PROJECT_ROOT
-from ecg_experiments.train import train
+from ecg_experiments.tasks.train import train
 
 
 def _runs(tracking_uri: str):

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.progress import track
 
 from ecg_experiments.data.augment import SignalAugment
 from ecg_experiments.data.beats import BeatsDataModuleBase, write_beats_csv
@@ -38,6 +37,7 @@ from ecg_experiments.data.segment import RR_FEATURES, Beats, CenteredRecipe, Kac
 from ecg_experiments.data.splits import cv_fold, grouped_split, split_table, stratified_split
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.io import atomic_path
+from ecg_experiments.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,8 @@ def prepare_database(
         log.info("the manifest in %s differs from the config or inputs: preparing again", target)
 
     parts, names, skipped, used = [], [], [], {}
-    description = f"Preparing {database.name}"
-    iterator = track(records, description=description) if progress else records
+    description = f"preparing {database.name}"
+    iterator = track(records, description, len(records), "records") if progress else records
     for name in iterator:
         record = read_record(directory, name, lead=leads, missing_lead=missing_lead)
         if record is None:

@@ -23,6 +23,7 @@ from scipy import signal as sps
 
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.io import atomic_path
+from ecg_experiments.progress import StageProgress
 
 log = logging.getLogger(__name__)
 
@@ -175,17 +176,22 @@ def write_images(
     size: int,
     paths: Sequence[Path],
     workers: int = 4,
+    progress: bool = True,
 ) -> None:
-    """Render `beats` in batches and write one PNG per beat to `paths` (folders must exist).
+    """Render `beats` in batches and write one PNG per beat to `paths` (folders must exist),
+    with a progress bar on a terminal or progress lines in a log.
 
     PNG encoding runs in a thread pool (zlib releases the GIL).
     """
     colours = palette(renderer.cmap)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with (ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+          StageProgress(f"rendering {renderer.name} {size}x{size}", len(beats), "images",
+                        terminal=None if progress else False) as counter):
         for start in range(0, len(beats), CHUNK):
             images = renderer.render(beats[start:start + CHUNK].astype(np.float64), rate, size)
             list(pool.map(_write_png, paths[start:start + CHUNK], images,
                           [colours] * len(images)))
+            counter.advance(len(images))
 
 
 @dataclass

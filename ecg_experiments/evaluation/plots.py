@@ -157,3 +157,53 @@ def plot_metrics_vs_snr(frame: pd.DataFrame, path: Path, noise: str) -> Path:
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Metrics under noise")
     return _save(fig, path)
+
+
+CLASS_COLOURS = {"N": "dimgrey", "S": "tab:blue", "V": "tab:red", "F": "tab:purple",
+                 "Q": "tab:green"}
+
+
+def plot_rhythm_strip(signal: np.ndarray, fs: float, samples: np.ndarray,
+                      predicted: Sequence[str], true: Sequence[str] | None, start_s: float,
+                      duration_s: float, title: str, path: Path) -> tuple[int, int]:
+    """An ECG strip (`start_s` .. `start_s + duration_s`) with each beat's predicted class
+    above its R-peak, the reference label beneath (when known) and disagreements marked
+    (a red band, the labels in bold), saved to `path`; returns the number of beats drawn
+    and of disagreements marked."""
+    first, last = int(round(start_s * fs)), int(round((start_s + duration_s) * fs))
+    last = min(last, len(signal))
+    t = np.arange(first, last) / fs
+    trace = signal[first:last]
+    fig, ax = plt.subplots(figsize=(max(10.0, 0.55 * duration_s), 3.6))
+    ax.plot(t, trace, color="black", linewidth=0.7)
+    low, high = float(np.nanmin(trace)), float(np.nanmax(trace))
+    span = high - low or 1.0
+    top, bottom = high + 0.12 * span, low - 0.14 * span
+    shown = (samples >= first) & (samples < last)
+    wrong = 0
+    for sample, pred, ref in zip(samples[shown], np.asarray(predicted)[shown],
+                                 (np.asarray(true)[shown] if true is not None
+                                  else [""] * int(shown.sum())), strict=True):
+        x = sample / fs
+        disagree = bool(ref) and ref != pred
+        wrong += disagree
+        if disagree:
+            ax.axvspan(x - 0.15, x + 0.15, color="tab:red", alpha=0.15, linewidth=0)
+        ax.text(x, top, pred, ha="center", va="bottom", fontsize=8,
+                color=CLASS_COLOURS.get(pred, "black"),
+                fontweight="bold" if disagree else "normal")
+        if ref:
+            ax.text(x, bottom, ref, ha="center", va="top", fontsize=8,
+                    color=CLASS_COLOURS.get(ref, "black"),
+                    fontweight="bold" if disagree else "normal")
+    ax.set_ylim(bottom - 0.16 * span, top + 0.16 * span)
+    ax.set_xlim(t[0] if len(t) else start_s, t[-1] if len(t) else start_s + duration_s)
+    ax.set_xticks(np.arange(np.ceil(start_s), start_s + duration_s + 1e-9, 1.0), minor=False)
+    ax.grid(axis="x", color="mistyrose", linewidth=0.8)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("mV")
+    reference = " (reference beneath)" if true is not None else ""
+    ax.set_title(f"{title}: {int(shown.sum())} beats, predicted above{reference}"
+                 + (f", {wrong} disagreements marked" if true is not None else ""), fontsize=9)
+    _save(fig, path)
+    return int(shown.sum()), int(wrong)

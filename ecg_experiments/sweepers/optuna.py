@@ -15,7 +15,6 @@ override grammar: choice, range, interval, tag(log|int, ...)) and adds:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +35,6 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class OptunaSweeperConf:
-    _target_: str = "hydra_plugins.ecg_optuna_sweeper.ecg_optuna_sweeper.OptunaSweeper"
-    # sampler and pruner stay configs: the sweeper builds them (see OptunaSweeperBase._study)
-    _recursive_: bool = False
-    sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler",
-                                                  "seed": None})
-    pruner: Any = field(default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner",
-                                                 "n_startup_trials": 2, "n_warmup_steps": 1})
-    direction: Any = "minimize"
-    storage: Any = None
-    study_name: str | None = None
-    n_trials: int = 20
-    n_jobs: int = 1
-    max_failure_rate: float = 0.0
-    params: dict[str, str] | None = None
 
 
 def distribution_from_override(override: Override) -> BaseDistribution:

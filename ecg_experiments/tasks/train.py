@@ -1,0 +1,357 @@
+"""Train, test and track one experiment: `python -m ecg_experiments.train [overrides]`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from sklearn.utils.class_weight import compute_class_weight
+
+from ecg_experiments.config import build, group_choice, to_container, validate_train_config
+from ecg_experiments.crossval import Fitted, cross_validate
+from ecg_experiments.data.base import ClassDataModule
+from ecg_experiments.errors import ConfigError
+from ecg_experiments.evaluation.attribution import mean_attribution_report
+from ecg_experiments.evaluation.report import report_test_results
+from ecg_experiments.evaluation.robustness import robustness_report
+from ecg_experiments.models.checkpoint import init_from
+from ecg_experiments.models.classifier import ClassifierModule
+from ecg_experiments.models.freezing import NoFreezing, count_trainable
+from ecg_experiments.sweepers.optuna import build_from_config
+from ecg_experiments.sweepers.parent_run import parent_run_file
+from ecg_experiments.sweepers.pruning import OptunaPruning
+from ecg_experiments.tasks.explore import explore_data
+from ecg_experiments.tracking import (
+    choice_tags,
+    log_files,
+    log_model,
+    log_run_metadata,
+    sweep_id,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _check_accelerator(cfg: DictConfig) -> None:
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"{group_choice('trainer')} (trainer.accelerator={accelerator}) needs a CUDA GPU, "
+            "but torch.cuda.is_available() is False on this machine; use trainer=cpu or "
+            "trainer=default (auto)"
+        )
+
+
+def _class_weights(cfg: DictConfig, datamodule: ClassDataModule) -> list[float] | None:
+    weights = cfg.loss.class_weights
+    if weights is None and datamodule.balance == "class_weights":
+        weights = "balanced"
+    if weights is None:
+        return None
+    if weights == "balanced":  # n_samples / (n_classes * n_c) over the classes present
+        labels = datamodule.labels("train")
+        present = np.unique(labels)
+        result = np.zeros(datamodule.num_classes)
+        result[present] = compute_class_weight("balanced", classes=present, y=labels)
+        return result.tolist()
+    weights = list(weights)
+    if len(weights) != datamodule.num_classes:
+        raise ConfigError(
+            f"loss.class_weights has {len(weights)} values, expected one per class "
+            f"({datamodule.num_classes}: {', '.join(datamodule.class_names)}) or 'balanced'"
+        )
+    return [float(w) for w in weights]
+
+
+def _write_run_files(cfg: DictConfig, datamodule: ClassDataModule, run_dir: Path) -> dict:
+    """Save the resolved config and the split assignment in the run dir."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files = {"config": run_dir / "config.yaml"}
+    OmegaConf.save(cfg, files["config"], resolve=True)
+    if datamodule.split_frame is not None:
+        files["split"] = run_dir / "split.csv"
+        datamodule.split_frame.to_csv(files["split"], index=False)
+    return files
+
+
+def _in_sweep() -> bool:
+    """Whether this is one job of a multirun (a composed sweep config alone is not)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    return OmegaConf.select(HydraConfig.get(), "job.num", default=None) is not None
+
+
+def _sweep_tags() -> dict[str, str]:
+    """In a multirun: the sweep's id, this job's number and the parent run to nest under."""
+    if not _in_sweep():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    tags = {"sweep.id": sweep_id(hydra_cfg.sweep.dir), "sweep.job": str(hydra_cfg.job.num)}
+    parent = parent_run_file(hydra_cfg.sweep.dir)
+    if parent.is_file():
+        tags["mlflow.parentRunId"] = parent.read_text().strip()
+    return tags
+
+
+def _default_run_name() -> str | None:
+    """`<model>-<data>` from the config choices, plus `-job<n>` in a multirun."""
+    choices = choice_tags()
+    if not choices:
+        return None
+    name = f"{choices.get('choice.model', 'model')}-{choices.get('choice.data', 'data')}"
+    if _in_sweep():
+        name += f"-job{HydraConfig.get().job.num}"
+    return name
+
+
+def _set_threads(cfg: DictConfig) -> None:
+    """`threads` (int), or under a parallel launcher the cores shared out between its jobs."""
+    threads = cfg.get("threads")
+    if threads is None and HydraConfig.initialized():
+        n_jobs = HydraConfig.get().launcher.get("n_jobs")
+        if n_jobs is not None and HydraConfig.get().mode == RunMode.MULTIRUN:
+            cores = os.cpu_count() or 1
+            jobs = cores if int(n_jobs) < 0 else int(n_jobs)
+            threads = max(1, cores // max(jobs, 1))
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def _callbacks(cfg: DictConfig, with_logger: bool) -> list[pl.Callback]:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if not with_logger:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trial = cfg.get("optuna_trial")
+    if trial:  # a job of the Optuna sweeper: report to its trial, with the sweeper's pruner
+        pruner = None
+        if HydraConfig.initialized():
+            pruner = build_from_config(HydraConfig.get().sweeper.get("pruner"))
+        callbacks.append(OptunaPruning(trial.storage, trial.study_name, int(trial.number),
+                                       cfg.optimized_metric, pruner))
+    return callbacks
+
+
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def _resume_point(cfg: DictConfig, run_dir: Path) -> tuple[str | None, str | None]:
+    """The checkpoint to resume from and the MLflow run to continue, if any.
+
+    `resume=true` (or `ckpt_path=last`) resumes the run whose folder is this run's folder
+    (`hydra.run.dir=<that folder>`) from its last checkpoint, in the same MLflow run.
+    """
+    ckpt = cfg.get("ckpt_path")
+    if cfg.get("resume"):
+        ckpt = ckpt or "last"
+    if not ckpt:
+        return None, None
+    if ckpt == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(
+                f"resume=true: no checkpoint at {last}; resume inside the interrupted run's "
+                "folder with hydra.run.dir=<outputs/runs/DATE/TIME of that run>"
+            )
+        ckpt = str(last)
+    elif not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
+    id_file = run_dir / RUN_ID_FILE
+    return ckpt, (id_file.read_text().strip() if id_file.is_file() else None)
+
+
+def _on_interrupt(tracked: Any, run_dir: Path) -> None:
+    """Mark the MLflow run KILLED and print how to resume."""
+    if tracked is not None:
+        tracked.experiment.set_terminated(tracked.run_id, "KILLED")
+    overrides = []
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if not o.startswith(("hydra.run.dir=", "resume=", "ckpt_path="))]
+    command = " ".join(["python -m ecg_experiments.train", *overrides,
+                        f"hydra.run.dir={run_dir}", "resume=true"])
+    print(f"\nInterrupted. The last checkpoint is in {run_dir / 'checkpoints'}; resume with:\n"
+          f"  {command}", file=sys.stderr)
+
+
+def check_optimized_metric(cfg: DictConfig, class_names: list[str]) -> dict[str, str]:
+    """The validation metrics whose best value a run reports, with their direction:
+    `monitor.metric` (monitor.mode) and `optimized_metric` (optimized_mode). Stops before
+    training when either is not a metric the run computes."""
+    from ecg_experiments.evaluation.metrics import metric_names
+
+    known = metric_names(class_names, "val")
+    chosen = {str(cfg.monitor.metric): str(cfg.monitor.mode)}
+    if cfg.get("optimized_metric") is not None:
+        chosen.setdefault(str(cfg.optimized_metric), str(cfg.get("optimized_mode")
+                                                          or cfg.monitor.mode))
+    for option, name in (("monitor.metric", cfg.monitor.metric),
+                         ("optimized_metric", cfg.get("optimized_metric"))):
+        if name is not None and str(name) not in known:
+            raise ConfigError(f"{option}={name!r}: not a validation metric of this run; "
+                              f"expected one of {', '.join(known)}")
+    return chosen
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, test the best checkpoint and track one run; return its metrics.
+
+    The result holds the test metrics (`test/...`, with confidence intervals) and the best
+    value over the epochs of the monitored and of the optimised validation metric under
+    their names (`cfg.monitor.metric`, `cfg.optimized_metric`). With `cv.folds`, the run is
+    a record-grouped cross-validation instead (`cross_validate`): no test split is scored
+    and the values are the means over the folds.
+    """
+    if (cfg.get("cv") or {}).get("folds"):
+        return cross_validate(cfg, fit_one)
+    return fit_one(cfg).metrics
+
+
+def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
+    """One fit (and test, unless `test=false`) of `cfg`, tracked as one MLflow run with
+    `tags` added (e.g. the parent run of a cross-validation)."""
+    validate_train_config(cfg)
+    _check_accelerator(cfg)
+    _set_threads(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.run_dir)
+    resume_from, resume_run_id = _resume_point(cfg, run_dir)
+    # the logger first: an unreachable tracking server fails before any data work
+    logger = None
+    if cfg.get("logger"):
+        logger = build(cfg.logger, tags={**_sweep_tags(), **(tags or {})},
+                       run_id=resume_run_id,
+                       run_name=cfg.logger.get("run_name") or _default_run_name())
+
+    datamodule: ClassDataModule = build(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    if cfg.data.get("class_names") is None:  # found in the data (e.g. image folder names)
+        with open_dict(cfg):
+            cfg.data.class_names = list(datamodule.class_names)
+    validation_metrics = check_optimized_metric(cfg, datamodule.class_names)
+    net = build(cfg.model.net)
+    init = None
+    if cfg.model.get("init_from"):  # fine-tune a previous model (before freezing)
+        init = init_from(net, str(cfg.model.init_from), cfg.paths.tracking_uri,
+                         datamodule.class_names, cfg.model.get("init_class_map"))
+    freeze = build(cfg.freeze) if cfg.get("freeze") else NoFreezing()
+    freeze.apply(net)
+    if (not isinstance(freeze, NoFreezing) and cfg.model.get("pretrained", "") is None
+            and not cfg.model.get("init_from")):
+        log.warning("%s freezes layers of a randomly initialised network "
+                    "(model.pretrained=null); set model.pretrained=imagenet or a weights file "
+                    "for transfer learning", group_choice("freeze"))
+    parameter_counts = {"model.params_total": sum(p.numel() for p in net.parameters()),
+                        "model.params_trainable": count_trainable(net)}
+    log.info("parameters: %(model.params_total)d, trainable: %(model.params_trainable)d",
+             parameter_counts)
+    module = ClassifierModule(
+        net=net,
+        class_names=datamodule.class_names,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        monitor=cfg.monitor.metric,
+        class_weights=_class_weights(cfg, datamodule),
+        label_smoothing=cfg.loss.label_smoothing,
+        config=to_container(cfg),
+        input_spec=datamodule.input_spec(),
+    )
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=[*_callbacks(cfg, logger is not None), *freeze.callbacks()],
+        logger=logger or False,
+    )
+    # under DDP every process runs this function; only rank 0 writes files and tracks
+    tracked = logger if trainer.is_global_zero else None
+
+    if trainer.is_global_zero:
+        files = _write_run_files(cfg, datamodule, run_dir)
+    if tracked is not None:
+        tags = choice_tags()
+        tags.update({f"data.{k}": v for k, v in datamodule.fingerprint().items()})
+        tags.update({str(k): str(v) for k, v in (cfg.get("tags") or {}).items()})
+        if resume_from:
+            tags["resumed_from"] = resume_from
+        if init is not None:
+            tags["init_from.checkpoint"] = str(init.source)
+            tags["init_from.loaded_tensors"] = str(len(init.loaded))
+            tags["init_from.reinitialised"] = ", ".join(init.reinitialised) or "none"
+            tags["init_from.classes_by_name"] = ", ".join(init.matched_classes) or "none"
+        # params are immutable in MLflow: a resumed run keeps those it started with
+        log_run_metadata(tracked, cfg, files["config"], tags, params=resume_run_id is None)
+        if resume_run_id is None:
+            tracked.log_hyperparams(parameter_counts)
+        (run_dir / RUN_ID_FILE).write_text(tracked.run_id)
+        if "split" in files:
+            tracked.experiment.log_artifact(tracked.run_id, str(files["split"]))
+        if cfg.report.explore:
+            explore_files = explore_data(datamodule, run_dir / "explore",
+                                         cfg.report.examples_per_class, cfg.seed)
+            log_files(tracked, explore_files, "explore")
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    except SystemExit:
+        if trainer.interrupted:  # Ctrl-C: Lightning shut down and exits
+            _on_interrupt(tracked, run_dir)
+        raise
+    history = [module.history[epoch] for epoch in sorted(module.history)]
+
+    metrics: dict[str, float] = {}
+    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    # the best value over the epochs of the monitored and the optimised metric: what the
+    # sweeper gets, what the parent run of a sweep compares (best/<metric>)
+    best = {name: module.best(name, mode) for name, mode in validation_metrics.items()}
+    best = {name: value for name, value in best.items() if value is not None}
+    metrics.update(best)
+    if tracked is not None and best:
+        tracked.log_metrics({f"best/{name}": value for name, value in best.items()})
+    if cfg.get("test"):
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None,
+                               verbose=False)
+        metrics.update({k: float(v) for k, v in results[0].items()})
+        if trainer.is_global_zero:
+            metrics.update(report_test_results(
+                module, metrics, history, run_dir / "report", cfg.report, cfg.seed, tracked,
+                "Test metrics per class (best checkpoint)",
+            ))
+            if datamodule.input_kind == "signal":
+                test_signals = datamodule.signals("test")
+                test_labels = torch.as_tensor(datamodule.labels("test"))
+                metrics.update(robustness_report(
+                    module.net, test_signals, test_labels, datamodule.input_spec(),
+                    cfg.report, run_dir / "report", cfg.seed, tracked))
+                mean_attribution_report(module.net, test_signals, test_labels,
+                                        datamodule.input_spec(), cfg.report,
+                                        run_dir / "report", cfg.seed, tracked)
+            if cfg.get("also_test") and not best_path:
+                log.warning("also_test: no best checkpoint was saved (fast_dev_run or "
+                            "checkpointing off): the other test sets are skipped")
+            elif cfg.get("also_test"):  # the best checkpoint on other data, one table
+                from ecg_experiments.crossdb import also_test
+
+                metrics.update(also_test(cfg, best_path, metrics,
+                                         len(datamodule.labels("test")), run_dir, tracked))
+    if tracked is not None and cfg.report.log_model:
+        example = next(iter(datamodule.test_dataloader()))[0][:4]
+        preprocessing = {"input": datamodule.input_spec().to_dict(),
+                         "data": to_container(cfg.data)}
+        log_model(tracked, module.net, example, datamodule.class_names, preprocessing,
+                  best_path or None)
+    if tracked is not None:
+        # Lightning finalises its loggers, but not under fast_dev_run (it swaps in a dummy)
+        tracked.finalize("success")
+        log.info("MLflow run %s in %s", tracked.run_id, tracked._tracking_uri)
+    return Fitted(metrics, history, tracked.run_id if tracked is not None else None,
+                  datamodule.split_frame)
