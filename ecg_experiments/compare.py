@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import mlflow
-import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
 from ecg_experiments.cli import exit_on_user_error
 from ecg_experiments.config import project_root
 from ecg_experiments.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 KEY_PARAMS = {
     "model": "tags.choice.model",
@@ -56,6 +58,9 @@ def compare_runs(
         raise ConfigError(f"metric={metric}: runs are ranked by a validation metric "
                           "('val/...'); test metrics are shown beside it, but choosing a "
                           "model on the test split would make its test score optimistic")
+    import mlflow
+    import pandas as pd  # MLflow and pandas load here, not for --help or a wrong metric
+
     client = mlflow.MlflowClient(tracking_uri)
     if experiment:
         found = client.get_experiment_by_name(experiment)
@@ -97,6 +102,8 @@ def compare_runs(
 
 
 def print_runs(table: pd.DataFrame, metric: str) -> None:
+    import pandas as pd
+
     if table.empty:
         Console().print("no runs found")
         return
@@ -130,8 +137,12 @@ def parse_args(argv: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in argv or "-h" in argv:
+        print(__doc__)
+        return
     with exit_on_user_error():
-        options = parse_args(sys.argv[1:] if argv is None else argv)
+        options = parse_args(argv)
         table = compare_runs(options["tracking_uri"], options["experiment"] or None,
                              options["metric"], int(options["limit"]))
     print_runs(table, options["metric"])
