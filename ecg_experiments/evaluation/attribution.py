@@ -158,7 +158,9 @@ def plot_image(x: torch.Tensor, cam: np.ndarray, spec: InputSpec, title: str,
         ax.axis("off")
     axes[1].imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     axes[0].set_title("input", fontsize=9)
-    axes[1].set_title("Grad-CAM", fontsize=9)
+    # ReLU of a negative weighted sum everywhere: no region raises the class's score
+    axes[1].set_title("Grad-CAM" if cam.max() > 0 else
+                      "Grad-CAM: all zero (no region raises this class)", fontsize=9)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
@@ -177,7 +179,8 @@ def plot_mean_attribution(signals: np.ndarray, attributions: np.ndarray, y_true:
         ax = axes[k, 0]
         of_class = y_true == k
         if not of_class.any():
-            ax.set_title(f"{name}: no test beats", fontsize=9)
+            ax.set_title(f"true {name}: no test beats", fontsize=9)
+            ax.axis("off")
             continue
         beat_axis = ax.twinx()
         beat_axis.plot(t, signals[of_class, :length].mean(axis=0), color="grey", alpha=0.6)
@@ -192,8 +195,8 @@ def plot_mean_attribution(signals: np.ndarray, attributions: np.ndarray, y_true:
                         label=f"{label} ({int(group.sum())})")
         ax.axhline(0, color="black", linewidth=0.5)
         ax.set_ylabel("attribution", fontsize=8)
-        ax.set_title(f"true {name}: {', '.join(counts)} (attribution toward the predicted "
-                     "class; mean beat in grey)", fontsize=9)
+        ax.set_title(f"true {name}, beats drawn: {', '.join(counts)} (attribution toward the "
+                     "predicted class; mean beat in grey)", fontsize=9)
         ax.legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("time from window start (s)")
     return _save(fig, path)
