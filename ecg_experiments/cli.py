@@ -55,6 +55,9 @@ QUIET_WARNINGS = (
     r"No negative samples in targets",
     # small data sets: fewer batches than log_every_n_steps; the metrics are logged per epoch
     r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # torchdata's StatefulDataLoader calls torch.set_vital, deprecated in recent torch; each
+    # time a training epoch's iterator is made
+    r"'set_vital' is deprecated",
 )
 # Lightning's advertising tip and its restatement of limit_*_batches=1.0 (logging, not warnings)
 QUIET_LOG_LINES = ("💡 Tip:", "was configured so 100% of the batches")

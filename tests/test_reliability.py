@@ -30,14 +30,17 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _start(args: list[str], outputs: Path, run_dir: Path, mitdb: Path) -> subprocess.Popen:
+def _start(args: list[str], outputs: Path, run_dir: Path, mitdb: Path,
+           own_group: bool = False) -> subprocess.Popen:
+    """The train command in a child process (in a process group of its own with
+    `own_group`, as a scheduler's job is)."""
     return subprocess.Popen(
         [sys.executable, "-m", "ecg_experiments.train", *args, f"paths.mitdb_dir={mitdb}",
          f"paths.outputs_dir={outputs}", f"hydra.run.dir={run_dir}"],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{outputs / 'mlflow.db'}",
              "PYTHONWARNINGS": "ignore"},
-        preexec_fn=_default_sigint,
+        preexec_fn=_default_sigint, start_new_session=own_group,
     )
 
 
@@ -149,3 +152,43 @@ def test_four_trainings_at_once_against_one_sqlite_store(small_csv, tmp_path) ->
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     assert not any("database is locked" in e for e in errors)
+
+
+@pytest.mark.slow  # ~90 s: three training processes with loader workers
+def test_sigterm_to_the_whole_job_saves_the_step_and_resume_finishes_the_same_run(
+        tmp_path) -> None:
+    """What `timeout`, Slurm or a preempting scheduler do: SIGTERM to every process of the
+    job, loader workers included, in the middle of an epoch."""
+    import torch
+
+    from tests.conftest import shared_path
+
+    mitdb = shared_path("mitdb")
+    args = [*MITBIH, "data.num_workers=2",
+            "+callbacks.pause._target_=tests.pause.PauseEachBatch",
+            "+callbacks.pause.seconds=0.03"]
+    reference = _start(args, tmp_path / "ref", tmp_path / "ref" / "run", mitdb)
+    outputs, run_dir = tmp_path / "job", tmp_path / "job" / "run"
+    job = _start(args, outputs, run_dir, mitdb, own_group=True)
+    _wait_for(run_dir / "checkpoints" / "last.ckpt", job)  # epoch 1 of 3 is done
+    time.sleep(0.8)  # about batch 20 of 60 of epoch 2
+    os.killpg(job.pid, signal.SIGTERM)
+    code, out, err = _finish(job, timeout=120)
+    assert code == 143, err[-3000:]
+    assert "Traceback" not in err and "killed by signal" not in err, err[-3000:]
+    assert f"hydra.run.dir={run_dir} resume=true" in err
+    [stopped] = all_runs(outputs)
+    assert stopped.info.status == "KILLED"
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False,
+                       map_location="cpu")
+    assert saved["epoch"] == 1 and 60 < saved["global_step"] < 120  # inside the 2nd epoch
+    code, _, err = _finish(reference)
+    assert code == 0, err[-3000:]
+
+    resumed = _start([*args, "resume=true"], outputs, run_dir, mitdb)
+    code, _, err = _finish(resumed)
+    assert code == 0, err[-3000:]
+    [run] = all_runs(outputs)
+    assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
+    assert _test_metrics(outputs) == _test_metrics(tmp_path / "ref")
+

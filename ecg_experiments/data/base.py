@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,12 +13,26 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, WeightedRandomSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ecg_experiments.data.splits import BALANCE_MODES, balance_indices
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.inputs import InputSpec
 
 log = logging.getLogger(__name__)
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """Loader workers ignore SIGTERM: a scheduler's SIGTERM to the whole process group
+    (`timeout`, Slurm, preemption) is then handled by the main process alone, which saves
+    the run and shuts the workers down (a worker killed by it would end the run with a
+    traceback instead). Lightning's worker seeding follows when it is on (seed_everything
+    with workers=True), as it would without this function."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        from lightning_fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
 
 
 class ClassDataModule(pl.LightningDataModule):
@@ -119,8 +135,16 @@ class ClassDataModule(pl.LightningDataModule):
             # Lightning puts in its own DistributedSampler.
             sampler = DistributedSampler(self.datasets[split], num_replicas=1, rank=0,
                                          shuffle=True, seed=self.seed)
+            # Lightning calls set_epoch (with the count of epochs processed) only after it has
+            # made the loader's iterator; a resumed run would otherwise go on in epoch 0's order
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed
+                              if self.trainer is not None else 0)
             shuffle = False
-        return DataLoader(
+        # the training loader is stateful (torchdata): a checkpoint taken mid-epoch holds how
+        # far the epoch got, and a resumed run continues with the next batch of the same
+        # order (Lightning saves and restores the state of such loaders)
+        loader = StatefulDataLoader if split == "train" else DataLoader
+        return loader(
             self.datasets[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
@@ -129,6 +153,10 @@ class ClassDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             collate_fn=self.collate_fn,
+            worker_init_fn=loader_worker_init if self.num_workers > 0 else None,
+            # the loader's own generator seeds its workers, so making a loader never draws
+            # from the global generator that dropout uses (resumed runs draw the same masks)
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

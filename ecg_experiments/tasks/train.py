@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from sklearn.utils.class_weight import compute_class_weight
 
 from ecg_experiments.config import build, group_choice, to_container, validate_train_config
@@ -25,6 +26,7 @@ from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.attribution import mean_attribution_report
 from ecg_experiments.evaluation.report import report_test_results
 from ecg_experiments.evaluation.robustness import robustness_report
+from ecg_experiments.interruption import RandomState, StopOnTerminate
 from ecg_experiments.models.checkpoint import init_from
 from ecg_experiments.models.classifier import ClassifierModule
 from ecg_experiments.models.freezing import NoFreezing, count_trainable
@@ -170,7 +172,11 @@ def _resume_point(cfg: DictConfig, run_dir: Path) -> tuple[str | None, str | Non
     return ckpt, (id_file.read_text().strip() if id_file.is_file() else None)
 
 
-def _on_interrupt(tracked: Any, run_dir: Path) -> None:
+# what a shell reports for a process ended by SIGTERM (128 + 15): schedulers read it as such
+TERMINATED_EXIT_CODE = 143
+
+
+def _on_interrupt(tracked: Any, run_dir: Path, what: str = "Interrupted") -> None:
     """Mark the MLflow run KILLED and print how to resume."""
     if tracked is not None:
         tracked.experiment.set_terminated(tracked.run_id, "KILLED")
@@ -180,7 +186,7 @@ def _on_interrupt(tracked: Any, run_dir: Path) -> None:
                      if not o.startswith(("hydra.run.dir=", "resume=", "ckpt_path="))]
     command = " ".join(["python -m ecg_experiments.train", *overrides,
                         f"hydra.run.dir={run_dir}", "resume=true"])
-    print(f"\nInterrupted. The last checkpoint is in {run_dir / 'checkpoints'}; resume with:\n"
+    print(f"\n{what}. The last checkpoint is in {run_dir / 'checkpoints'}; resume with:\n"
           f"  {command}", file=sys.stderr)
 
 
@@ -268,7 +274,10 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
         input_spec=datamodule.input_spec(),
     )
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=[*_callbacks(cfg, logger is not None), *freeze.callbacks()],
+        cfg.trainer,
+        # ours first: the configured callbacks see checkpoints as they are written
+        callbacks=[StopOnTerminate(run_dir / "checkpoints"), RandomState(),
+                   *_callbacks(cfg, logger is not None), *freeze.callbacks()],
         logger=logger or False,
     )
     # under DDP every process runs this function; only rank 0 writes files and tracks
@@ -301,6 +310,9 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    except SIGTERMException:  # a scheduler's SIGTERM: the step is saved (StopOnTerminate)
+        _on_interrupt(tracked, run_dir, "Terminated (SIGTERM)")
+        sys.exit(TERMINATED_EXIT_CODE)
     except SystemExit:
         if trainer.interrupted:  # Ctrl-C: Lightning shut down and exits
             _on_interrupt(tracked, run_dir)
@@ -308,7 +320,9 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
     history = [module.history[epoch] for epoch in sorted(module.history)]
 
     metrics: dict[str, float] = {}
-    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    # the checkpoint of the best validation epoch (time_checkpoint monitors nothing)
+    checkpoint = next((c for c in trainer.callbacks
+                       if isinstance(c, ModelCheckpoint) and c.monitor), None)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     # the best value over the epochs of the monitored and the optimised metric: what the
     # sweeper gets, what the parent run of a sweep compares (best/<metric>)
