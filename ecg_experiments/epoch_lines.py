@@ -14,7 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
 
-from ecg_experiments.progress import _duration, on_terminal
+from ecg_experiments.progress import duration, on_terminal
 
 log = logging.getLogger("ecg_experiments.progress")
 
@@ -67,7 +67,7 @@ class EpochLines(ProgressBar):
         rate = done / max(now - (self._epoch_started or now), 1e-9)
         left = ""
         if isinstance(total, int) and total > 0:
-            left = f", epoch ends in ~{_duration((total - done) / max(rate, 1e-9))}"
+            left = f", epoch ends in ~{duration((total - done) / max(rate, 1e-9))}"
         log.info("epoch %d/%s: batch %s/%s (%.2f batches/s%s)", trainer.current_epoch + 1,
                  self._epochs(trainer), f"{done:,}",
                  f"{total:,}" if isinstance(total, int) else "?", rate, left)
@@ -88,7 +88,7 @@ class EpochLines(ProgressBar):
             mean = sum(self._epoch_seconds) / len(self._epoch_seconds)
             remaining = trainer.max_epochs - (epoch + 1)
             if remaining > 0 and not trainer.should_stop:
-                parts.append(f"~{_duration(remaining * mean)} left at most")
+                parts.append(f"~{duration(remaining * mean)} left at most")
         log.info("  ".join(parts))
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -98,7 +98,7 @@ class EpochLines(ProgressBar):
         if self._enabled:
             batches = sum(int(n) for n in trainer.num_test_batches)
             log.info("test: %s batches in %s", f"{batches:,}",
-                     _duration(time.perf_counter() - self._stage_started))
+                     duration(time.perf_counter() - self._stage_started))
 
 
 def progress_bar(style: str = "auto", refresh_rate: int = 4,

@@ -29,7 +29,8 @@ def on_terminal() -> bool:
     return Console().is_terminal
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """`42 s`, `12.5 min` or `3.1 h`."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:
@@ -72,7 +73,7 @@ class StageProgress:
             left = (self.total - self.done) / max(rate, 1e-9)
             log.info("%s: %s/%s %s (%.0f%%), %.1f %s/s, ~%s left", self.description,
                      f"{self.done:,}", f"{self.total:,}", self.unit,
-                     100 * self.done / max(self.total, 1), rate, self.unit, _duration(left))
+                     100 * self.done / max(self.total, 1), rate, self.unit, duration(left))
 
     def __exit__(self, kind: object, error: object, trace: object) -> None:
         if self._bar is not None:
@@ -81,7 +82,7 @@ class StageProgress:
         if error is None:
             elapsed = time.perf_counter() - self._start
             log.info("%s: %s %s in %s (%.1f %s/s)", self.description, f"{self.done:,}",
-                     self.unit, _duration(elapsed), self.done / max(elapsed, 1e-9), self.unit)
+                     self.unit, duration(elapsed), self.done / max(elapsed, 1e-9), self.unit)
 
 
 def track(items: Iterable[T], description: str, total: int, unit: str = "items") -> Iterator[T]:

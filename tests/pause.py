@@ -1,4 +1,5 @@
-"""A callback for tests that need a training step to last a while (signals mid-epoch)."""
+"""Callbacks for tests: a training step that lasts a while (signals mid-epoch), and a record
+of the checkpoints saved."""
 
 from __future__ import annotations
 
@@ -17,3 +18,22 @@ class PauseEachBatch(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         time.sleep(self.seconds)
 
+
+class RecordCheckpoints(pl.Callback):
+    """Append, for every checkpoint saved, the batches drawn in its epoch and whether it holds
+    the training loader's position, as a JSON line to `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        import json
+
+        fit_loop = checkpoint["loops"]["fit_loop"]
+        row = {"epoch": trainer.current_epoch,
+               "drawn": fit_loop["epoch_loop.batch_progress"]["current"]["ready"],
+               "batches": trainer.num_training_batches,
+               "loader_state": "combined_loader" in fit_loop["state_dict"]}
+        with open(self.path, "a") as out:
+            out.write(json.dumps(row) + "\n")

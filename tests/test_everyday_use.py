@@ -19,6 +19,7 @@ from ecg_experiments.config import CONFIG_DIR, DATA_INPUT_KINDS, PROJECT_ROOT
 from ecg_experiments.epoch_lines import EpochLines, progress_bar
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.progress import StageProgress, track
+from tests.conftest import all_runs
 
 HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "torchvision", "timm", "mlflow",
          "sklearn", "scipy", "optuna", "matplotlib", "pandas", "captum", "wfdb")
@@ -43,9 +44,19 @@ def test_a_run_into_a_log_writes_a_line_per_epoch_and_no_third_party_warnings(
         small_csv: Path, tmp_path: Path) -> None:
     result = _train(["data=beats_csv", f"data.train_file={small_csv}", "trainer.max_epochs=2",
                      "report.log_model=false", "report.bootstrap_rounds=0",
-                     "callbacks.early_stopping=null", "report.attribution_per_group=2"], tmp_path)
+                     "callbacks.early_stopping=null", "report.attribution_per_group=2",
+                     # the estimate after 2 batches, with the CPU note for any length
+                     "callbacks.time_estimate.after_batches=2",
+                     "callbacks.time_estimate.many_hours=0"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
+    [estimate] = re.findall(r"time estimate: ([\d.]+) s/batch x (\d+) batches = .* for 2 epochs"
+                            r".*On this CPU.*trainer=gpu", output)
+    assert float(estimate[0]) > 0 and int(estimate[1]) >= 1
+    [run] = all_runs(tmp_path)
+    # the same measurement (the line rounds to 0.01 s)
+    assert float(run.data.tags["estimate.s_per_batch"]) == pytest.approx(float(estimate[0]),
+                                                                        abs=0.006)
     epochs = [int(m.group(1)) for m in EPOCH_LINE.finditer(output)]
     assert epochs == [1, 2], output[-3000:]
     assert "~" in output.split("epoch 1/2  train loss")[1].splitlines()[0]  # time left

@@ -192,3 +192,26 @@ def test_sigterm_to_the_whole_job_saves_the_step_and_resume_finishes_the_same_ru
     assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
     assert _test_metrics(outputs) == _test_metrics(tmp_path / "ref")
 
+
+def test_time_checkpoints_are_written_inside_an_epoch_with_the_loaders_position(
+        compose_train, small_csv, tmp_path) -> None:
+    """`callbacks.time_checkpoint` writes last.ckpt every train_time_interval inside an epoch,
+    with the training loader's position (what a resume continues from)."""
+    import json
+
+    record = tmp_path / "checkpoints.jsonl"
+    args = ["data=beats_csv", f"data.train_file={small_csv}", *FAST, "logger=none",
+            "data.batch_size=16", "trainer.max_epochs=1",
+            "callbacks.time_checkpoint.train_time_interval.minutes=0",
+            "+callbacks.time_checkpoint.train_time_interval.seconds=0.25",
+            "+callbacks.pause._target_=tests.pause.PauseEachBatch", "+callbacks.pause.seconds=0.1",
+            "+callbacks.record._target_=tests.pause.RecordCheckpoints",
+            f"+callbacks.record.path={record}"]
+    cfg = compose_train(args)
+    train(cfg)
+    saves = [json.loads(line) for line in record.read_text().splitlines()]
+    inside = [s for s in saves if s["drawn"] < s["batches"]]
+    assert len(inside) >= 2, saves  # ~9 batches of 0.1 s, a save every 0.25 s
+    assert all(s["loader_state"] for s in inside), saves
+    assert (Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt").is_file()
+    assert not list((Path(cfg.paths.run_dir) / "checkpoints").glob("last-v*.ckpt"))
