@@ -7,7 +7,8 @@
    repeats; the median ratio (target >= 0.97). The training batches are timed; the end of
    the epoch (validation, checkpoints, logging) is reported apart.
 2. Preparation of all 48 records (kachuee recipe, fresh folder) and spectrogram rendering
-   to PNG files (images/s at 64x64 and 227x227).
+   to PNG files (images/s at 64x64 and 227x227); spectrograms into training batches drawn
+   on the fly against PNG folders rendered first (time to the first batch, images/s, disk).
 3. Image loading: images/s the image DataModule's training loader delivers with its
    configured workers, against the images/s cnn2d (64x64) trains on.
 4. Command-line answers that need only the config (target <= 1.5 s, median of 5):
@@ -15,7 +16,7 @@
    mismatch (`model=alexnet`, refused by our own check).
 
 Prints a table with the core count and writes outputs/bench/benchmark.csv.
-Usage: python scripts/benchmark.py [--quick | --cli-only] [--mitdb DIR]
+Usage: python scripts/benchmark.py [--quick | --cli-only | --render-only] [--mitdb DIR]
 """
 
 from __future__ import annotations
@@ -227,6 +228,52 @@ def image_loading(mitdb: str, per_class: int, workers: int) -> list[dict]:
     ]
 
 
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def rendered_paths(mitdb: str, per_class: int, workers: int) -> list[dict]:
+    """Spectrogram images into training batches, drawn on the fly against PNG folders (a
+    fresh folder each time: the render step included), at 64x64 and 227x227 (AlexNet's):
+    time to the first batch, images/s over one epoch of the training loader, disk used."""
+    from ecg_experiments.data.images import ImageDataModule
+    from ecg_experiments.data.mitbih import MitbihDataModule
+    from ecg_experiments.data.render import RenderedBeats, SpectrogramRenderer
+    from ecg_experiments.data.segment import KachueeRecipe
+
+    beats = MitbihDataModule(mitdb, str(PROJECT_ROOT / "outputs" / "data"), KachueeRecipe(),
+                             missing_lead="first", download=False)
+    beats.prepare_data()  # the prepared-beats cache is not what is measured
+    rows = []
+    for size in (64, 227):
+        for on_the_fly in (True, False):
+            with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
+                source = RenderedBeats(beats=beats, renderer=SpectrogramRenderer(), out_dir=tmp,
+                                       image_size=size, max_per_class=per_class, seed=0,
+                                       on_the_fly=on_the_fly)
+                dm = ImageDataModule(source=source, class_names=list("NSVFQ"), image_size=size,
+                                     batch_size=64, num_workers=workers, split="stratified")
+                start = time.perf_counter()
+                dm.setup("fit")
+                loader = dm.train_dataloader()
+                batches = iter(loader)
+                seen = len(next(batches)[0])
+                first = time.perf_counter() - start
+                for xb, _ in batches:
+                    seen += len(xb)
+                rate = seen / (time.perf_counter() - start - first)
+                disk = _folder_bytes(Path(tmp))
+            label = f"spectrogram {size}x{size}, {'on the fly' if on_the_fly else 'PNG files'}"
+            rows += [
+                {"benchmark": f"{label}: time to first batch (epoch of {seen:,})",
+                 "value": first, "unit": "s"},
+                {"benchmark": f"{label}: into training batches, {workers} workers",
+                 "value": rate, "unit": "images/s"},
+                {"benchmark": f"{label}: disk", "value": disk / 2**20, "unit": "MiB"},
+            ]
+    return rows
+
+
 CONFIG_ONLY_COMMANDS = {
     "train --cfg job": ["--cfg", "job"],
     "train --help": ["--help"],
@@ -261,17 +308,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="image loader workers")
     parser.add_argument("--cli-only", action="store_true",
                         help="only the command-line rows (about 30 s)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="only the on-the-fly against PNG rendering rows")
     args = parser.parse_args()
     BENCH.mkdir(parents=True, exist_ok=True)
     repeats = 3 if args.quick else 9
     started = time.perf_counter()
-    rows = config_only_cli()
-    if not args.cli_only:
+    rows = [] if args.render_only else config_only_cli()
+    if not (args.cli_only or args.render_only):
         rows += loop_overhead(args.mitdb, 5_000 if args.quick else 20_000, repeats)
         rows += preparation(args.mitdb)
         rows += rendering(args.mitdb, 1_000 if args.quick else 4_000, 1 if args.quick else 3)
         rows += image_loading(args.mitdb, 200 if args.quick else 1_000, args.workers)
-    mode = "cli only" if args.cli_only else "quick" if args.quick else "full"
+    if not args.cli_only or args.render_only:
+        rows += rendered_paths(args.mitdb, 200 if args.quick else 1_000, args.workers)
+    mode = ("cli only" if args.cli_only else "render only" if args.render_only
+            else "quick" if args.quick else "full")
     view = Table(title=f"ecg-experiments benchmarks, {os.cpu_count()} cores, torch "
                        f"{torch.__version__}, {mode} "
                        f"({time.perf_counter() - started:.0f} s)")

@@ -88,10 +88,16 @@ def test_beat_image_run_is_tracked_with_its_file_list(image_run) -> None:
 
 
 def test_predict_on_an_image_folder_matches_the_test_metrics(image_run, tmp_path) -> None:
-    """The test images copied into class folders: predict preprocesses them as testing did."""
+    """The run's images were drawn on the fly; its test images written as PNG files by the
+    files path and copied into class folders: predict on them agrees with the test metrics
+    (the same pixels, preprocessed as testing did)."""
+    from hydra.utils import instantiate
+
     tmp = image_run["tmp"]
+    assert image_run["cfg"].data.source.on_the_fly
+    assert not (tmp / "outputs" / "data" / "images").exists()  # nothing written
     split = pd.read_csv(tmp / "run" / "split.csv")
-    root = next((tmp / "outputs" / "data" / "images").glob("waveform-64px-*"))
+    root = instantiate(image_run["cfg"].data.source, on_the_fly=False).ensure()
     for path in split.loc[split["split"] == "test", "path"]:
         target = tmp_path / "images" / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -146,3 +152,27 @@ def test_issue_commands_run_end_to_end_from_raw_records(args, tmp_path: Path) ->
     runs = all_runs(tmp_path)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert {"test/acc", "test/f1_macro", "test/recall_S"} <= set(runs[0].data.metrics)
+
+
+def test_evaluate_and_explore_draw_the_images_on_the_fly_again(image_run, monkeypatch,
+                                                               tmp_path) -> None:
+    """`evaluate run_id=` rebuilds the run's data (drawn on the fly) and reproduces its test
+    metrics; `explore` shows drawn example images; neither writes image files."""
+    from ecg_experiments.tasks.evaluate import evaluate
+    from ecg_experiments.tasks.explore import explore
+
+    tmp = image_run["tmp"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", image_run["uri"])
+    cfg = compose_config(tmp / "eval", [f"run_id={image_run['run'].info.run_id}",
+                                        "report.bootstrap_rounds=0"], "eval")
+    metrics = evaluate(cfg)
+    for key in ("test/acc", "test/f1_macro", "test/recall_V"):
+        assert metrics[key] == image_run["metrics"][key], key
+    mitdb = shared_path("mitdb")
+    explored = explore(compose_config(tmp_path, [
+        "data=beat_images", f"paths.mitdb_dir={mitdb}", "data.source.beats.download=false",
+        "data.max_per_class=10"], "explore"))
+    picture = np.asarray(Image.open(explored["example_images"]))
+    assert picture.std() > 0
+    assert (tmp_path / "outputs" / "data").is_dir()  # the prepared beats
+    assert not (tmp_path / "outputs" / "data" / "images").exists()

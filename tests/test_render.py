@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from ecg_experiments.data.render import (
+    RenderedBeatImages,
     RenderedBeats,
     ScalogramRenderer,
     SpectrogramRenderer,
@@ -142,3 +143,60 @@ def test_image_datamodule_renders_when_missing_and_splits_by_record(three_record
     per_split = dm.split_frame.assign(record=records).groupby("split")["record"].unique()
     assert sorted(np.concatenate(per_split.to_list())) == ["100", "207", "208"]
     assert all(len(r) == 1 for r in per_split)  # one record per split, none shared
+
+
+@pytest.mark.parametrize("renderer", [SpectrogramRenderer(), ScalogramRenderer(),
+                                      WaveformRenderer()], ids=lambda r: r.name)
+@pytest.mark.parametrize("size", [64, 227])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_images_drawn_on_the_fly_have_the_pixels_of_the_png_files(
+        renderer, size: int, channels: int, tmp_path: Path) -> None:
+    from ecg_experiments.data.images import load_image
+
+    rng = np.random.default_rng(size)
+    beats = np.concatenate([_sine(3.0) + 0.3 * rng.standard_normal((1, 187)) for _ in range(5)])
+    beats[:, 150:] = 0.0  # the zero padding of the Kaggle recipe
+    beats = beats.astype(np.float32)
+    paths = [tmp_path / f"{i}.png" for i in range(len(beats))]
+    write_images(renderer, beats, RATE, size, paths, progress=False)
+    drawn = RenderedBeatImages(beats, np.zeros(len(beats)), renderer, RATE, size,
+                               transform=None, channels=channels)
+    for i, path in enumerate(paths):
+        from_file = np.asarray(load_image(path, channels))
+        on_the_fly = np.asarray(drawn.image(i))
+        assert on_the_fly.shape == from_file.shape == ((size, size, 3) if channels == 3
+                                                       else (size, size))
+        assert np.array_equal(on_the_fly, from_file)
+    assert from_file.std() > 0  # not a blank image
+
+
+def test_on_the_fly_datamodule_splits_and_tensors_equal_the_png_folders(three_records) -> None:
+    """The same split (by record), the same file names, and the same tensors from PNG folders
+    and from images drawn on the fly; nothing written to disk on the fly."""
+    import torch
+
+    from ecg_experiments.data.images import ImageDataModule
+
+    beats, out = three_records
+    modules = {}
+    for on_the_fly in (False, True):
+        source = RenderedBeats(beats=beats, renderer=SpectrogramRenderer(),
+                               out_dir=str(out / f"fly{on_the_fly}"), image_size=32,
+                               max_per_class=20, seed=0, on_the_fly=on_the_fly)
+        dm = ImageDataModule(source=source, class_names=list("NSVFQ"), split="records",
+                             group_regex=r"^(.+)_\d+\.png$", image_size=32, augment=None,
+                             val_fraction=0.34, test_fraction=0.33)
+        dm.setup("fit")
+        modules[on_the_fly] = dm
+    files, drawn = modules[False], modules[True]
+    assert not (out / "flyTrue").exists() and drawn.root is None
+    # duplicates: PNG files are hashed, beats drawn on the fly by their samples
+    same = ["index", "split", "path", "label", "duplicate", "record"]
+    assert files.split_frame[same].equals(drawn.split_frame[same])
+    assert [p.relative_to(files.root) for p in files.paths("test")] == drawn.paths("test")
+    for split in ("train", "val", "test"):
+        a, b = files.evaluation_dataset(split), drawn.evaluation_dataset(split)
+        assert len(a) == len(b) > 0
+        for i in range(0, len(a), 7):
+            assert torch.equal(a[i][0], b[i][0]) and int(a[i][1]) == int(b[i][1])
+    assert drawn.fingerprint()["images.sha256"] != ""

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from ecg_experiments.data.base import ClassDataModule
-from ecg_experiments.data.render import RenderedBeats
+from ecg_experiments.data.render import BeatRows, RenderedBeatImages, RenderedBeats
 from ecg_experiments.data.splits import cv_fold, grouped_split, split_table, stratified_split
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.inputs import InputSpec
@@ -172,7 +172,9 @@ class ImageDataModule(ClassDataModule):
     Class names are the sorted folder names unless `class_names` lists them (in label
     order). A file that does not decode is a DataError naming it, or is skipped with a
     warning when `skip_bad_images`. With `source` (a RenderedBeats) and no root, the images
-    are rendered from MIT-BIH in `prepare_data` when missing.
+    are rendered from MIT-BIH in `prepare_data` when missing, or, with `source.on_the_fly`,
+    each time a batch is read (no files; the split, duplicates and records work as for the
+    files, whose names the images would have).
     """
 
     input_kind = "image"
@@ -238,15 +240,33 @@ class ImageDataModule(ClassDataModule):
         self.source = source
         self.files: pd.DataFrame | None = None
         self.cross_split_duplicates = 0
+        self.rendered: BeatRows | None = None  # the beats drawn on the fly, if so
+        self.parts: dict[str, np.ndarray] = {}  # rows of `files` per split
+
+    @property
+    def on_the_fly(self) -> bool:
+        return self.root is None and self.source is not None and self.source.on_the_fly
 
     # -- discovery ------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.root is None and self.source is not None:
+        if self.on_the_fly:
+            if self.rendered is None:
+                self.rendered = self.source.rows()
+        elif self.root is None and self.source is not None:
             self.root = self.source.ensure()
 
     @property
     def prepared_path(self) -> Path | None:
+        if self.on_the_fly:  # the beats the images are drawn from
+            return getattr(self.source.beats, "prepared_path", None)
         return self.root
+
+    @property
+    def _where(self) -> str:
+        """The images' origin, for messages: the folder, or the beats drawn on the fly."""
+        if self.on_the_fly:
+            return f"{self.source.renderer.name} images drawn from {self.prepared_path}"
+        return str(self.root)
 
     def _class_folders(self, folder: Path) -> dict[str, Path]:
         found = {p.name: p for p in sorted(folder.iterdir()) if p.is_dir()}
@@ -266,8 +286,30 @@ class ImageDataModule(ClassDataModule):
                         ", ".join(ignored))
         return {name: found[name] for name in self.class_names}
 
+    def _rendered_frame(self) -> pd.DataFrame:
+        """The rows of `_scan` for images drawn on the fly: the path each would have in a
+        rendered folder (`<class>/<name>`), and the SHA-256 of its beat (the same beat, the
+        same image)."""
+        rows = self.rendered
+        assert rows is not None
+        names = list(self.source.beats.class_names)
+        if not self.class_names:
+            self.class_names = names
+        if list(self.class_names) != names:
+            raise ConfigError(f"data.class_names={list(self.class_names)}: the beats drawn on the "
+                              f"fly have the classes {names}")
+        paths = [Path(names[label]) / name
+                 for label, name in zip(rows.labels, rows.names, strict=True)]
+        digests = [hashlib.sha256(beat.tobytes()).hexdigest() for beat in rows.signals]
+        frame = pd.DataFrame({"path": paths, "label": rows.labels, "given": None,
+                              "sha256": digests, "row": np.arange(len(paths))})
+        self.skipped_images = 0
+        return frame
+
     def _scan(self) -> pd.DataFrame:
         """One row per image: path, label, given split (if any), SHA-256."""
+        if self.on_the_fly:
+            return self._cap(self._rendered_frame())
         root = self.root
         if root is None or not root.is_dir():
             raise DataError(f"data.root={root}: no such folder (expected class folders of "
@@ -337,7 +379,7 @@ class ImageDataModule(ClassDataModule):
 
     def _assign(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Row indices per split; duplicates (and records, if grouped) never straddle."""
-        source = str(self.root)
+        source = self._where
         if frame["given"].notna().all():
             parts = {p: np.flatnonzero(frame["given"].to_numpy() == p) for p in GIVEN}
             if len(parts["val"]) == 0:  # no val/ folder: carve validation from train/
@@ -403,18 +445,22 @@ class ImageDataModule(ClassDataModule):
             groups = _components(frame["sha256"].to_numpy(), records)
             pool = np.sort(np.concatenate([parts["train"], parts["val"]]))
             held = cv_fold(groups[pool], frame["label"].to_numpy()[pool], self.folds,
-                           self.seed, f"{self.root} (training pool)") == self.fold
+                           self.seed, f"{self._where} (training pool)") == self.fold
             parts = {"train": pool[~held], "val": pool[held], "test": parts["test"]}
         eval_transform = image_transform(self.image_size, self.mean, self.std)
         train_transform = image_transform(self.image_size, self.mean, self.std, self.augment)
+        self.parts = parts
         for name, rows in parts.items():
             labels = frame["label"].to_numpy()[rows]
             self.split_labels[name] = labels.astype(np.int64)
-            self.datasets[name] = ImageFiles(
-                frame["path"].to_numpy()[rows], labels,
-                train_transform if name == "train" else eval_transform, self.channels)
-        root = self.root
-        relative = [str(Path(p).relative_to(root)) for p in frame["path"]]
+            transform = train_transform if name == "train" else eval_transform
+            if self.on_the_fly:
+                self.datasets[name] = self._drawn(frame["row"].to_numpy()[rows], transform)
+            else:
+                self.datasets[name] = ImageFiles(frame["path"].to_numpy()[rows], labels,
+                                                 transform, self.channels)
+        relative = [str(p if self.on_the_fly else Path(p).relative_to(self.root))
+                    for p in frame["path"]]
         columns = {} if records is None else {"record": records}
         self.split_frame = split_table(parts, path=np.array(relative),
                                        label=frame["label"].to_numpy(),
@@ -424,28 +470,56 @@ class ImageDataModule(ClassDataModule):
         self._balance_training()
         log.info("images per split: %s", {n: len(d) for n, d in self.datasets.items()})
 
+    def _drawn(self, rows: np.ndarray, transform: v2.Compose) -> RenderedBeatImages:
+        """The beats `rows` of `self.rendered`, drawn on the fly."""
+        drawn = self.rendered
+        assert drawn is not None and self.source is not None
+        return RenderedBeatImages(drawn.signals[rows], drawn.labels[rows], self.source.renderer,
+                                  drawn.rate, int(self.source.image_size), transform,
+                                  self.channels)
+
+    def _rows(self, split: str) -> np.ndarray:
+        """Rows of `self.files` in one split (after setup and balancing)."""
+        rows = self.parts[split]
+        dataset = self.datasets[split]
+        return rows[dataset.indices] if isinstance(dataset, Subset) else rows
+
     def evaluation_dataset(self, split: str) -> Dataset:
         """The split's images with the evaluation transform (the training split's dataset
         rotates and crops at random)."""
         dataset = self.datasets[split]
         if split != "train":
             return dataset
-        return ImageFiles(self.paths(split), self.split_labels[split],
-                          image_transform(self.image_size, self.mean, self.std), self.channels)
+        transform = image_transform(self.image_size, self.mean, self.std)
+        if self.on_the_fly:
+            return self._drawn(self.files["row"].to_numpy()[self._rows(split)], transform)
+        return ImageFiles(self.paths(split), self.split_labels[split], transform, self.channels)
+
+    def image(self, split: str, index: int) -> Image.Image:
+        """Image `index` of a split as decoded (files) or drawn (on the fly), untransformed."""
+        dataset = self.datasets[split]
+        if isinstance(dataset, Subset):
+            dataset, index = dataset.dataset, dataset.indices[index]
+        if isinstance(dataset, RenderedBeatImages):
+            return dataset.image(index)
+        return load_image(dataset.paths[index], self.channels)
 
     def input_spec(self) -> InputSpec:
         return InputSpec("image", tuple(self.class_names), image_size=self.image_size,
                          channels=self.channels, mean=tuple(self.mean), std=tuple(self.std))
 
     def paths(self, split: str) -> list[Path]:
-        """The image files of one split (after setup and balancing)."""
+        """The image files of one split (after setup and balancing); for images drawn on the
+        fly, the paths they would have in a rendered folder."""
+        if self.on_the_fly:
+            return [Path(p) for p in self.files["path"].to_numpy()[self._rows(split)]]
         dataset = self.datasets[split]
         if isinstance(dataset, Subset):
             return [dataset.dataset.paths[i] for i in dataset.indices]
         return list(dataset.paths)
 
     def fingerprint(self) -> dict[str, str]:
-        info = {"root": str(self.root)}
+        info = {"root": self._where if self.on_the_fly else str(self.root)}
         if self.files is not None:
             listing = "\n".join(sorted(self.files["sha256"]))
             info["images.sha256"] = hashlib.sha256(listing.encode()).hexdigest()

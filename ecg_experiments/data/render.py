@@ -1,8 +1,10 @@
-"""Beats → images: spectrograms, scalograms and line drawings written as class folders of PNGs.
+"""Beats → images: spectrograms, scalograms and line drawings, written as class folders of
+PNGs or rendered on the fly when a training batch is read (`RenderedBeatImages`).
 
-Each renderer turns a batch of beats [n, length] into uint8 images [n, size, size(, 3)] with
+Each renderer turns a batch of beats [n, length] into uint8 level images [n, size, size] with
 array operations over the whole batch (scipy's STFT, PyWavelets' CWT, a broadcast line
-raster); PIL writes each array straight to PNG, no plotting library per image.
+raster); `level_image` makes the PIL image that is written to PNG or handed to the transforms
+on the fly, so both paths give the same pixels.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 from scipy import signal as sps
+from torch.utils.data import Dataset
 
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.io import atomic_path
@@ -161,12 +164,19 @@ class WaveformRenderer:
         return np.where(ink, 0, 255).astype(np.uint8)
 
 
+def level_image(levels: np.ndarray, colours: bytes | None) -> Image.Image:
+    """A uint8 level image [size, size] as PIL: grey ("L"), or with `colours` a palette image
+    ("P": one byte per pixel, shown in colour), as written to PNG."""
+    if colours is None:
+        return Image.fromarray(levels, mode="L")
+    picture = Image.frombuffer("P", levels.shape[::-1], np.ascontiguousarray(levels).tobytes(),
+                               "raw", "P", 0, 1)
+    picture.putpalette(colours)
+    return picture
+
+
 def _write_png(path: Path, image: np.ndarray, colours: bytes | None) -> None:
-    picture = Image.fromarray(image, mode="L")
-    if colours is not None:  # a palette PNG: one byte per pixel, shown in colour
-        picture = Image.frombuffer("P", picture.size, image.tobytes(), "raw", "P", 0, 1)
-        picture.putpalette(colours)
-    picture.save(path, format="PNG", compress_level=1)
+    level_image(image, colours).save(path, format="PNG", compress_level=1)
 
 
 def write_images(
@@ -195,6 +205,46 @@ def write_images(
 
 
 @dataclass
+class BeatRows:
+    """The beats a RenderedBeats draws: signals [n, length] at `rate` Hz, labels, file names
+    (`<database>-<record>_<R-peak sample>.png`)."""
+
+    signals: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+    rate: float
+
+
+class RenderedBeatImages(Dataset):
+    """(image tensor, label) pairs, each image rendered from its beat when read (in the
+    DataLoader's workers): the renderer and `level_image` of the PNG path, so the transforms
+    see the pixels a PNG of the same beat decodes to (`load_image`)."""
+
+    def __init__(self, signals: np.ndarray, labels: np.ndarray, renderer: Renderer, rate: float,
+                 size: int, transform: Any, channels: int = 3) -> None:
+        self.signals = signals
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.renderer = renderer
+        self.rate = float(rate)
+        self.size = int(size)
+        self.transform = transform
+        self.channels = int(channels)
+        self.colours = palette(renderer.cmap)
+
+    def __len__(self) -> int:
+        return len(self.signals)
+
+    def image(self, index: int) -> Image.Image:
+        """The beat's image as `load_image` returns the PNG's: RGB, or grey for 1 channel."""
+        levels = self.renderer.render(self.signals[index:index + 1].astype(np.float64),
+                                      self.rate, self.size)[0]
+        return level_image(levels, self.colours).convert("RGB" if self.channels == 3 else "L")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.image(index)), self.labels[index]
+
+
+@dataclass
 class RenderedBeats:
     """Class folders of beat images rendered from the MIT-BIH beat table, made when missing.
 
@@ -213,6 +263,9 @@ class RenderedBeats:
     max_per_class: int | None = None
     seed: int = 42
     workers: int = 4
+    # render each image when a batch is read instead of writing PNG folders (no disk, no
+    # pre-render step; the same pixels): the image DataModule asks `rows()` for the beats
+    on_the_fly: bool = False
 
     def config(self) -> dict:
         return {
@@ -223,13 +276,29 @@ class RenderedBeats:
             "seed": int(self.seed),
         }
 
-    def ensure(self) -> Path:
-        """Render the images unless an up-to-date folder exists; return the folder."""
+    def _check(self) -> None:
         palette(self.renderer.cmap)  # a bad colour map fails before any work
         if int(self.image_size) < 8:
             raise ConfigError(f"data.image_size={self.image_size}: expected at least 8 pixels")
         if self.max_per_class is not None and int(self.max_per_class) < 1:
             raise ConfigError(f"data.max_per_class={self.max_per_class}: expected >= 1 or null")
+
+    def rows(self) -> BeatRows:
+        """The beats to draw (prepared when missing): signals, labels and file names."""
+        self._check()
+        self.beats.prepare_data()
+        table = self.beats.beat_table()
+        chosen = self._choose(table.beats.labels)
+        # <database>-<record>_<sample>.png: the record id without its "/"
+        names = [f"{str(r).replace('/', '-')}_{s:07d}.png" for r, s in
+                 zip(table.records[chosen], table.beats.samples[chosen], strict=True)]
+        return BeatRows(np.ascontiguousarray(table.beats.signals[chosen], dtype=np.float32),
+                        table.beats.labels[chosen].astype(np.int64), names,
+                        float(self.beats.recipe.rate))
+
+    def ensure(self) -> Path:
+        """Render the images unless an up-to-date folder exists; return the folder."""
+        self._check()
         self.beats.prepare_data()
         prepared = [Path(p) for p in self.beats.prepared_paths.values()]  # one per database
         manifest = {
@@ -243,25 +312,19 @@ class RenderedBeats:
         if (target / "manifest.json").is_file():
             log.info("rendered images are up to date in %s: nothing to do", target)
             return target
-        table = self.beats.beat_table()
-        chosen = self._choose(table.beats.labels)
+        rows = self.rows()
         class_names = list(self.beats.class_names)
-        labels = table.beats.labels[chosen]
-        # <database>-<record>_<sample>.png: the record id without its "/"
-        names = [f"{str(r).replace('/', '-')}_{s:07d}.png" for r, s in
-                 zip(table.records[chosen], table.beats.samples[chosen], strict=True)]
-        rate = float(self.beats.recipe.rate)
         with atomic_path(target) as tmp:
             for name in class_names:
                 (tmp / name).mkdir(parents=True)
             paths = [tmp / class_names[label] / name
-                     for label, name in zip(labels, names, strict=True)]
-            write_images(self.renderer, table.beats.signals[chosen], rate,
-                         int(self.image_size), paths, self.workers)
-            counts = np.bincount(labels, minlength=len(class_names))
+                     for label, name in zip(rows.labels, rows.names, strict=True)]
+            write_images(self.renderer, rows.signals, rows.rate, int(self.image_size), paths,
+                         self.workers)
+            counts = np.bincount(rows.labels, minlength=len(class_names))
             manifest["images"] = dict(zip(class_names, map(int, counts), strict=True))
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        log.info("rendered %d %s images (%s) into %s", len(chosen), self.renderer.name,
+        log.info("rendered %d %s images (%s) into %s", len(rows.labels), self.renderer.name,
                  ", ".join(f"{c} {n:,}" for c, n in manifest["images"].items()), target)
         return target
 

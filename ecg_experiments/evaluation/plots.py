@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -116,11 +117,11 @@ def plot_example_beats(signals: np.ndarray, labels: np.ndarray, class_names: Seq
     return _save(fig, path)
 
 
-def plot_example_images(paths: Sequence[Path], labels: np.ndarray, class_names: Sequence[str],
-                        path: Path, per_class: int = 5, seed: int = 0) -> Path:
-    """A few random images of every class: one row per class."""
-    from PIL import Image
-
+def plot_example_images(image_at: Callable[[int], Any], labels: np.ndarray,
+                        class_names: Sequence[str], path: Path, per_class: int = 5,
+                        seed: int = 0) -> Path:
+    """A few random images of every class (`image_at(i)`: the PIL image of example i, whose
+    class is labels[i]): one row per class."""
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(len(class_names), per_class, squeeze=False,
                              figsize=(1.6 * per_class, 1.6 * len(class_names)))
@@ -131,8 +132,7 @@ def plot_example_images(paths: Sequence[Path], labels: np.ndarray, class_names: 
             ax.set_xticks([])
             ax.set_yticks([])
             if j < len(chosen):
-                with Image.open(paths[chosen[j]]) as image:
-                    ax.imshow(image.convert("RGB"))
+                ax.imshow(image_at(int(chosen[j])).convert("RGB"))
         axes[k][0].set_ylabel(f"{name}\n(n={len(index):,})")
     return _save(fig, path)
 

@@ -42,7 +42,8 @@ def explore_data(
     labels = datamodule.labels("train")
     if datamodule.input_kind == "image":
         files["example_images"] = plot_example_images(
-            datamodule.paths("train"), labels, names, out_dir / "example_images.png",
+            lambda i: datamodule.image("train", i), labels, names,
+            out_dir / "example_images.png",
             per_class=examples_per_class, seed=seed,
         )
     else:
