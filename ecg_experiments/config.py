@@ -50,15 +50,31 @@ def _rr_count(on: Any) -> int:
     return len(RR_FEATURES) if on else 0
 
 
+def run_name(overrides: str = "") -> str:
+    """A run folder's name under outputs/runs: `DATE/TIME`, or in a Slurm job
+    `slurm-<job id>[_<array task>]-<hash of the command's overrides>`, the same name when
+    Slurm requeues the job, so the requeued command finds its checkpoint and MLflow run."""
+    import hashlib
+    from datetime import datetime
+
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return f"slurm-{job}-{hashlib.sha256(str(overrides).encode()).hexdigest()[:8]}"
+
+
 def register_resolvers() -> None:
     """Register `${ecg.root:}`, `${ecg.window_length:b,a,rate}`, `${ecg.rr_count:on}`,
-    `${ecg.timm:name,key}` and `${len:...}` (idempotent). Each imports what it needs when a
-    config is resolved, so that composing one stays fast."""
+    `${ecg.timm:name,key}`, `${ecg.run_name:overrides}` and `${len:...}` (idempotent). Each
+    imports what it needs when a config is resolved, so that composing one stays fast."""
     resolvers = {
         "ecg.root": project_root,
         "ecg.window_length": _window_length,
         "ecg.rr_count": _rr_count,
         "ecg.timm": timm_data_config,
+        "ecg.run_name": run_name,
         # None while the classes come from the data
         "len": lambda seq: None if seq is None else len(seq),
     }

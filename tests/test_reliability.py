@@ -215,3 +215,84 @@ def test_time_checkpoints_are_written_inside_an_epoch_with_the_loaders_position(
     assert all(s["loader_state"] for s in inside), saves
     assert (Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt").is_file()
     assert not list((Path(cfg.paths.run_dir) / "checkpoints").glob("last-v*.ckpt"))
+
+
+@pytest.mark.slow  # ~60 s: a training process, stopped as Slurm would, and its requeued rerun
+def test_slurm_warning_requeue_and_rerun_continue_the_same_run(small_csv, tmp_path) -> None:
+    """Slurm's time-limit warning (SIGUSR1, `#SBATCH --signal=USR1@120`) makes Lightning
+    save `hpc_ckpt_1.ckpt` and call `scontrol requeue <job>`; Slurm then sends SIGTERM to the
+    job, and later starts the same command again with SLURM_RESTART_COUNT=1: it finds its run
+    folder, resumes from the newest checkpoint and finishes the same MLflow run. `scontrol`
+    is a script that records its arguments (there is no Slurm here)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    scontrol.chmod(0o755)
+    outputs = tmp_path / "out"
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "ecg", "SLURM_NTASKS": "1",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+             "SLURM_NODELIST": "localhost", "PATH": f"{bin_dir}:{os.environ['PATH']}",
+             "MLFLOW_TRACKING_URI": f"sqlite:///{outputs / 'mlflow.db'}",
+             "PYTHONWARNINGS": "ignore"}
+    args = [sys.executable, "-m", "ecg_experiments.train", "data=beats_csv",
+            f"data.train_file={small_csv}", "data.batch_size=16", "data.num_workers=2",
+            "trainer=cpu", "trainer.max_epochs=3", "report.log_model=false",
+            "report.bootstrap_rounds=0", "report.attribution_per_group=0",
+            "callbacks.progress_bar=null", "callbacks.early_stopping=null",
+            "+callbacks.pause._target_=tests.pause.PauseEachBatch",
+            "+callbacks.pause.seconds=0.2", f"paths.outputs_dir={outputs}"]
+
+    def start(**extra: str) -> subprocess.Popen:
+        return subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **slurm, **extra}, start_new_session=True)
+
+    job = start()
+    deadline = time.monotonic() + 300
+    while not list(outputs.glob("runs/slurm-4242-*/checkpoints/last.ckpt")):
+        assert job.poll() is None, job.stderr.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    [run_dir] = outputs.glob("runs/slurm-4242-*")  # the job's folder, found again on requeue
+    time.sleep(0.5)  # inside the second epoch
+    os.killpg(job.pid, signal.SIGUSR1)  # the warning, to every process of the job
+    while not (tmp_path / "scontrol.log").exists():
+        assert job.poll() is None, job.stderr.read()[-3000:]
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGTERM)  # the requeue stops the job
+    code, _, err = _finish(job, timeout=120)
+    assert code == 143, err[-3000:]
+    assert "Traceback" not in err and "killed by signal" not in err, err[-3000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    assert (run_dir / "hpc_ckpt_1.ckpt").is_file()
+    [stopped] = all_runs(outputs)
+    assert stopped.info.status == "KILLED"
+
+    rerun = start(SLURM_RESTART_COUNT="1")
+    code, out, err = _finish(rerun)
+    assert code == 0, err[-3000:]
+    assert "Slurm requeued this job (restart 1): resuming from" in out + err
+    assert list(outputs.glob("runs/*")) == [run_dir]
+    [run] = all_runs(outputs)
+    assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
+    client = mlflow.MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
+    val_steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")]
+    assert len(set(val_steps)) == 3 and val_steps == sorted(val_steps)
+
+
+def test_run_folders_are_named_by_time_or_by_slurm_job_and_command(monkeypatch) -> None:
+    import re
+
+    from ecg_experiments.config import run_name
+
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}/\d{2}-\d{2}-\d{2}", run_name("model=cnn1d"))
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    first = run_name("model=cnn1d")
+    assert re.fullmatch(r"slurm-4242-[0-9a-f]{8}", first)
+    assert run_name("model=cnn1d") == first != run_name("model=cnn2d")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4240")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert run_name("model=cnn1d").startswith("slurm-4240_3-")

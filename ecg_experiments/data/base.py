@@ -23,12 +23,13 @@ log = logging.getLogger(__name__)
 
 
 def loader_worker_init(worker_id: int) -> None:
-    """Loader workers ignore SIGTERM: a scheduler's SIGTERM to the whole process group
-    (`timeout`, Slurm, preemption) is then handled by the main process alone, which saves
-    the run and shuts the workers down (a worker killed by it would end the run with a
-    traceback instead). Lightning's worker seeding follows when it is on (seed_everything
-    with workers=True), as it would without this function."""
+    """Loader workers ignore SIGTERM and SIGUSR1: a scheduler's signal to the whole process
+    group (`timeout`, Slurm's time-limit warning and kill, preemption) is then handled by
+    the main process alone, which saves the run and shuts the workers down (a worker killed
+    by it would end the run with a traceback instead). Lightning's worker seeding follows
+    when it is on (seed_everything with workers=True), as it would without this function."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         from lightning_fabric.utilities.seed import pl_worker_init_function
 

@@ -147,6 +147,22 @@ def _callbacks(cfg: DictConfig, with_logger: bool) -> list[pl.Callback]:
 RUN_ID_FILE = "mlflow_run_id"
 
 
+def _requeued_checkpoint(run_dir: Path) -> str | None:
+    """In a job that Slurm requeued (SLURM_RESTART_COUNT >= 1, the same run folder, see
+    config.run_name): the newest checkpoint of the folder, `checkpoints/last.ckpt` (written
+    at SIGTERM) or Lightning's `hpc_ckpt_<n>.ckpt` (written at the SIGUSR1 warning)."""
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
+        return None
+    found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+             if p.is_file()]
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime_ns)
+    log.info("Slurm requeued this job (restart %s): resuming from %s",
+             os.environ["SLURM_RESTART_COUNT"], newest)
+    return str(newest)
+
+
 def _resume_point(cfg: DictConfig, run_dir: Path) -> tuple[str | None, str | None]:
     """The checkpoint to resume from and the MLflow run to continue, if any.
 
@@ -156,6 +172,8 @@ def _resume_point(cfg: DictConfig, run_dir: Path) -> tuple[str | None, str | Non
     ckpt = cfg.get("ckpt_path")
     if cfg.get("resume"):
         ckpt = ckpt or "last"
+    if not ckpt:
+        ckpt = _requeued_checkpoint(run_dir)
     if not ckpt:
         return None, None
     if ckpt == "last":
