@@ -311,6 +311,9 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true",
                         help="only the on-the-fly against PNG rendering rows")
     args = parser.parse_args()
+    from ecg_experiments.cli import quiet_third_party
+
+    quiet_third_party()  # the table without the known harmless warnings, as the commands
     BENCH.mkdir(parents=True, exist_ok=True)
     repeats = 3 if args.quick else 9
     started = time.perf_counter()

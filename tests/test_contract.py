@@ -186,9 +186,11 @@ def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_p
 
 
 # every data option and the matrix kind that runs its DataModule through all the steps;
-# data=mitbih is the mitdb preset of data=physionet, the rendered-image options are image
-# folders made by `prepare render=...`; image models refuse signal data and the reverse
-# before any work (test_image_training.py::test_signal_and_image_parts_do_not_mix)
+# data=mitbih is the mitdb preset of data=physionet; the rendered-image options draw their
+# images on the fly into the image DataModule (train, evaluate, explore and predict on their
+# PNG files in test_image_training.py; export and init_from see only the model and its input
+# spec, as for image folders); image models refuse signal data and the reverse before any
+# work (test_image_training.py::test_signal_and_image_parts_do_not_mix)
 DATA_KINDS = {"beats_csv": "csv", "physionet": "rr", "mitbih": "rr", "image_folder": "image",
               "spectrogram": "image", "scalogram": "image", "beat_images": "image"}
 
