@@ -296,3 +296,25 @@ def test_run_folders_are_named_by_time_or_by_slurm_job_and_command(monkeypatch) 
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4240")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     assert run_name("model=cnn1d").startswith("slurm-4240_3-")
+
+
+def test_training_order_is_seeded_by_epoch_and_shared_out_under_ddp(small_csv) -> None:
+    """The training sampler gets its epoch (epochs processed) when the loader is made, which
+    Lightning does before it calls set_epoch: a resumed run draws that epoch's order. Under
+    DDP each process draws its own disjoint share (Lightning keeps a DistributedSampler)."""
+    from types import SimpleNamespace
+
+    from ecg_experiments.data.beats import BeatsDataModule
+
+    def order(world: int, rank: int, processed: int) -> list[int]:
+        dm = BeatsDataModule(str(small_csv), batch_size=8)
+        dm.setup("fit")
+        dm.trainer = SimpleNamespace(world_size=world, global_rank=rank, fit_loop=SimpleNamespace(
+            epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=processed))))
+        return list(dm.train_dataloader().sampler)
+
+    epoch_two = order(1, 0, 2)
+    assert epoch_two == order(1, 0, 2) != order(1, 0, 0)
+    shares = [order(2, rank, 2) for rank in (0, 1)]
+    assert not set(shares[0]) & set(shares[1])
+    assert sorted(shares[0] + shares[1]) == sorted(epoch_two)

@@ -130,16 +130,18 @@ class ClassDataModule(pl.LightningDataModule):
             sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(labels),
                                             replacement=True, generator=self._sampler_generator)
             shuffle = False
-        elif shuffle and not distributed:
+        elif shuffle:
             # An epoch-seeded shuffle (seed + epoch; Lightning calls set_epoch), so a run
-            # resumed from a checkpoint sees the same order as an uninterrupted one. Under DDP
-            # Lightning puts in its own DistributedSampler.
-            sampler = DistributedSampler(self.datasets[split], num_replicas=1, rank=0,
-                                         shuffle=True, seed=self.seed)
+            # resumed from a checkpoint sees the same order as an uninterrupted one; under DDP
+            # each process takes its share (Lightning keeps a DistributedSampler it is given).
+            trainer = self.trainer
+            sampler = DistributedSampler(
+                self.datasets[split], num_replicas=trainer.world_size if distributed else 1,
+                rank=trainer.global_rank if distributed else 0, shuffle=True, seed=self.seed)
             # Lightning calls set_epoch (with the count of epochs processed) only after it has
             # made the loader's iterator; a resumed run would otherwise go on in epoch 0's order
-            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed
-                              if self.trainer is not None else 0)
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed
+                              if trainer is not None else 0)
             shuffle = False
         # the training loader is stateful (torchdata): a checkpoint taken mid-epoch holds how
         # far the epoch got, and a resumed run continues with the next batch of the same
