@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import find_peaks, resample_poly
 
+from ecg_experiments.data.filters import check_bandpass, clean
 from ecg_experiments.data.physionet import Record, aami_label
 
 # R-R features of the centered recipe: the intervals before and after the beat (s), each over
@@ -108,10 +109,15 @@ class KachueeRecipe:
     rpeaks: str = "annotations"
     detector_threshold: float = 0.9
     drop_last_beat: bool = True
+    # cleaning before the beats are cut (data/filters.py): median-filter baseline removal,
+    # and a zero-phase band-pass [low, high] Hz
+    baseline: bool = False
+    bandpass_hz: tuple[float, float] | None = None
 
     name = "kachuee"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "bandpass_hz", check_bandpass(self.bandpass_hz))
         if self.normalize not in ("beat", "window"):
             raise ValueError(f"normalize={self.normalize!r}: expected 'beat' or 'window'")
         if self.rpeaks not in ("annotations", "detector"):
@@ -135,7 +141,8 @@ class KachueeRecipe:
         return peaks.astype(np.int64)
 
     def extract(self, record: Record) -> Beats:
-        x = resample(record.signal, record.fs, self.rate)
+        signal = clean(record.signal, record.fs, self.baseline, self.bandpass_hz)
+        x = resample(signal, record.fs, self.rate)
         scale = self.rate / record.fs
         window = int(round(self.window_s * self.rate))
         samples, symbols = record.beat_samples, record.beat_symbols
@@ -197,10 +204,14 @@ class CenteredRecipe:
     local_rr_beats: int = 10
     average_rr_seconds: float = 600.0
     length: int | None = None  # derived: round(before * rate) + round(after * rate)
+    # cleaning before the beats are cut (data/filters.py), as in KachueeRecipe
+    baseline: bool = False
+    bandpass_hz: tuple[float, float] | None = None
 
     name = "centered"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "bandpass_hz", check_bandpass(self.bandpass_hz))
         if self.normalize not in ("zscore", "minmax", "none"):
             raise ValueError(f"normalize={self.normalize!r}: expected zscore, minmax or none")
         length = window_length(self.before, self.after, self.rate)
@@ -233,7 +244,8 @@ class CenteredRecipe:
         ).astype(np.float32)
 
     def extract(self, record: Record) -> Beats:
-        x = resample(record.signal, record.fs, self.rate)
+        signal = clean(record.signal, record.fs, self.baseline, self.bandpass_hz)
+        x = resample(signal, record.fs, self.rate)
         r = np.round(record.beat_samples * self.rate / record.fs).astype(np.int64)
         before = int(round(self.before * self.rate))
         assert self.length is not None
