@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ecg_experiments.evaluation.plots import _save, plt
+from ecg_experiments.evaluation.robustness import class_probabilities
 from ecg_experiments.inputs import InputSpec
 
 log = logging.getLogger(__name__)
@@ -26,14 +27,6 @@ log = logging.getLogger(__name__)
 
 def _device(net: nn.Module) -> torch.device:
     return next(net.parameters(), torch.empty(0)).device
-
-
-def predicted_classes(net: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The arg-max class of `net` for each input, in batches, without gradients."""
-    net.eval()
-    with torch.no_grad():
-        return torch.cat([net(b.to(_device(net))).argmax(dim=-1).cpu()
-                          for b in torch.split(x, batch_size)])
 
 
 def integrated_gradients(net: nn.Module, x: torch.Tensor, targets: torch.Tensor,
@@ -226,7 +219,7 @@ def mean_attribution_report(net: nn.Module, signals: torch.Tensor, labels: torch
     if per_group <= 0 or spec.kind != "signal" or len(signals) == 0:
         return {}
     labels = torch.as_tensor(labels)
-    predicted = predicted_classes(net, signals)
+    predicted = class_probabilities(net, signals).argmax(dim=-1)
     index = torch.as_tensor(sample_by_outcome(labels.numpy(), predicted.numpy(),
                                               len(spec.class_names), per_group, seed))
     if len(index) == 0:

@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 SUMMARY = ("acc", "f1_macro", "recall_macro")
 
 
-def _probabilities(net: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def class_probabilities(net: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Softmax class probabilities [n, classes] of `net` for `x`, in batches, without
+    gradients."""
     device = next(net.parameters(), torch.empty(0)).device
     net.eval()
     with torch.no_grad():
@@ -52,7 +54,7 @@ def noise_robustness(
             signals, num_features,
             lambda s, snr=snr: add_noise_at_snr(s, float(snr), kind, noise_records, rate, seed))
         metrics = classification_metrics(class_names, "test", auroc=False)
-        values = metrics(_probabilities(net, x, batch_size), labels)
+        values = metrics(class_probabilities(net, x, batch_size), labels)
         row: dict[str, Any] = {"snr_db": "clean" if snr is None else float(snr)}
         row.update({name: float(values[f"test/{name}"]) for name in SUMMARY})
         row.update({f"recall_{c}": float(values[f"test/recall_{c}"]) for c in class_names})
