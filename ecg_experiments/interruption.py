@@ -1,13 +1,14 @@
 """Stopping a training run from outside and continuing it later where it stopped.
 
-`StopOnTerminate`: after SIGTERM (what `timeout`, Slurm at its time limit and preempting
-schedulers send), the run stops at the end of the current batch with a checkpoint of that
-step (`checkpoints/last.ckpt`), instead of finishing the epoch as Lightning does on one
-process; `resume=true` continues with the next batch (the training loader is a torchdata
-StatefulDataLoader, whose position Lightning keeps in checkpoints). `RandomState` keeps the
-random number generators in checkpoints, so a resumed seeded run draws what the uninterrupted
-one would. Written here because Lightning checks SIGTERM only between epochs on one process
-and keeps no RNG state in its checkpoints.
+`CheckpointOnTerminate`: after SIGTERM (what `timeout`, Slurm at its time limit and
+preempting schedulers send) Lightning stops the run with SIGTERMException at the end of the
+batch in progress (or of the epoch, when the signal came during validation); this callback
+then saves that step as `checkpoints/last.ckpt`, and `resume=true` continues with the next
+batch (the training loader is a torchdata StatefulDataLoader, whose position Lightning keeps
+in checkpoints). `RandomState` keeps the random number generators in checkpoints, so a
+resumed seeded run draws what the uninterrupted one would. Written here because Lightning
+saves nothing when it stops on SIGTERM (its OnExceptionCheckpoint deletes its file again at
+teardown) and keeps no RNG state in its checkpoints.
 """
 
 from __future__ import annotations
@@ -25,20 +26,20 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 log = logging.getLogger(__name__)
 
 
-class StopOnTerminate(pl.Callback):
-    """Save `<checkpoint_dir>/last.ckpt` and raise SIGTERMException at the first batch end
-    after SIGTERM."""
+class CheckpointOnTerminate(pl.Callback):
+    """Save `<checkpoint_dir>/last.ckpt` when Lightning stops the run on SIGTERM: where it
+    raises SIGTERMException the step is complete, whichever hook the signal came during."""
 
     def __init__(self, checkpoint_dir: str | Path) -> None:
         self.checkpoint = Path(checkpoint_dir) / "last.ckpt"
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.received_sigterm:
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
             trainer.save_checkpoint(self.checkpoint)
             log.info("SIGTERM: stopped after batch %d of epoch %d; checkpoint %s",
-                     batch_idx + 1, trainer.current_epoch + 1, self.checkpoint)
-            raise SIGTERMException
+                     trainer.fit_loop.epoch_loop.batch_progress.current.completed,
+                     trainer.current_epoch + 1, self.checkpoint)
 
 
 class RandomState(pl.Callback):

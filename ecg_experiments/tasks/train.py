@@ -26,7 +26,7 @@ from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.attribution import mean_attribution_report
 from ecg_experiments.evaluation.report import report_test_results
 from ecg_experiments.evaluation.robustness import robustness_report
-from ecg_experiments.interruption import RandomState, StopOnTerminate
+from ecg_experiments.interruption import CheckpointOnTerminate, RandomState
 from ecg_experiments.models.checkpoint import init_from
 from ecg_experiments.models.classifier import ClassifierModule
 from ecg_experiments.models.freezing import NoFreezing, count_trainable
@@ -294,7 +294,7 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         # ours first: the configured callbacks see checkpoints as they are written
-        callbacks=[StopOnTerminate(run_dir / "checkpoints"), RandomState(),
+        callbacks=[CheckpointOnTerminate(run_dir / "checkpoints"), RandomState(),
                    *_callbacks(cfg, logger is not None), *freeze.callbacks()],
         logger=logger or False,
     )
@@ -328,7 +328,7 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    except SIGTERMException:  # a scheduler's SIGTERM: the step is saved (StopOnTerminate)
+    except SIGTERMException:  # a scheduler's SIGTERM: the step is saved (CheckpointOnTerminate)
         _on_interrupt(tracked, run_dir, "Terminated (SIGTERM)")
         sys.exit(TERMINATED_EXIT_CODE)
     except SystemExit:
