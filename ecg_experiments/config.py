@@ -43,11 +43,12 @@ def _window_length(*args: Any) -> int:
     return window_length(*args)
 
 
-def _rr_count(on: Any) -> int:
-    """The number of R-R features a beat carries (0 when off)."""
-    from ecg_experiments.data.segment import RR_FEATURES
+def _rr_count(on: Any, context: Any = 0) -> int:
+    """The number of R-R features a beat carries (0 when off), with `context` R-R intervals
+    on either side (data.recipe.rr_context)."""
+    from ecg_experiments.data.segment import rr_feature_names
 
-    return len(RR_FEATURES) if on else 0
+    return len(rr_feature_names(int(context or 0))) if on else 0
 
 
 def run_name(overrides: str = "") -> str:
@@ -142,12 +143,32 @@ def validate_train_config(cfg: DictConfig) -> None:
         if option == "monitor.mode" or mode is not None:
             if mode not in ("min", "max"):
                 raise ConfigError(f"{option}={mode!r}: expected 'min' or 'max'")
+    _check_no_validation(cfg)
     lr = cfg.optimizer.get("lr")
     if lr is not None and not float(lr) > 0:
         raise ConfigError(f"optimizer.lr={lr}: the learning rate must be > 0")
     batch_size = cfg.data.get("batch_size")
     if batch_size is not None and int(batch_size) < 1:
         raise ConfigError(f"data.batch_size={batch_size}: the batch size must be >= 1")
+
+
+def _check_no_validation(cfg: DictConfig) -> None:
+    """data.val_fraction=0 (a final fit on the whole training pool for a fixed epoch count,
+    e.g. the one CV chose) leaves nothing to monitor: refuse what would wait for it."""
+    if cfg.data.get("val_fraction") is None or float(cfg.data.val_fraction) > 0 \
+            or (cfg.get("cv") or {}).get("folds"):
+        return  # (cross-validation draws its validation folds from the whole pool)
+    callbacks = cfg.get("callbacks") or {}
+    waiting = [f"callbacks.{name}" for name in ("model_checkpoint", "early_stopping")
+               if (callbacks.get(name) or {}).get("monitor")]
+    if "ReduceLROnPlateau" in str((cfg.get("scheduler") or {}).get("_target_", "")):
+        waiting.append("scheduler=plateau")
+    if waiting:
+        raise ConfigError(
+            f"data.val_fraction=0: no validation split, but {', '.join(waiting)} "
+            f"monitor{'s' if len(waiting) == 1 else ''} {cfg.monitor.metric}; train a fixed "
+            "epoch count with callbacks.model_checkpoint.monitor=null "
+            "callbacks.early_stopping=null (the last epoch is tested)")
 
 
 def to_container(cfg: DictConfig) -> dict:

@@ -83,6 +83,35 @@ def summarise(per_fold: pd.DataFrame) -> dict[str, float]:
             **{f"cv/{k}_std": float(v) for k, v in values.std(ddof=1).items()}}
 
 
+def epoch_curve(histories: list[list[dict[str, float]]]) -> pd.DataFrame:
+    """Mean and sd over the folds of every validation metric at each epoch count (1-based
+    `epochs`), over the epochs every fold reached: where the CV-chosen epoch count of a
+    final fit on the whole training pool is read."""
+    frames = [pd.DataFrame(h).assign(fold=k) for k, h in enumerate(histories) if h]
+    table = pd.concat(frames, ignore_index=True)
+    columns = [c for c in table if c.startswith("val/")]
+    table = table.dropna(subset=columns, how="all")
+    reached = table.groupby("fold")["epoch"].max().min()
+    table = table[table["epoch"] <= reached]
+    grouped = table.groupby("epoch")[columns]
+    curve = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
+    curve.insert(0, "folds", table.groupby("epoch")["fold"].nunique())
+    curve.index = curve.index.astype(int) + 1
+    return curve.rename_axis("epochs").reset_index()
+
+
+def chosen_epochs(curve: pd.DataFrame, metric: str, mode: str) -> dict[str, float]:
+    """`cv/epochs`: the epoch count whose fold-mean of `metric` is best, and every
+    validation metric's mean and sd there (`cv/at_epochs/<metric>_mean|_std`)."""
+    column = f"{metric}_mean"
+    if column not in curve:
+        return {}
+    row = curve.loc[curve[column].idxmax() if mode == "max" else curve[column].idxmin()]
+    values = {f"cv/at_epochs/{k}": float(v) for k, v in row.items()
+              if k.endswith(("_mean", "_std"))}
+    return {"cv/epochs": float(row["epochs"]), **values}
+
+
 def _best_row(history: list[dict[str, float]], metric: str, mode: str) -> dict[str, float]:
     rows = [row for row in history if metric in row]
     pick = max if mode == "max" else min
@@ -111,7 +140,7 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
         log_run_metadata(parent, cfg, config_file, {**choice_tags(), "cv.folds": str(folds)})
     monitor, mode = str(cfg.monitor.metric), str(cfg.monitor.mode)
     optimized = str(cfg.get("optimized_metric") or monitor)
-    rows, assignment = [], []
+    rows, assignment, histories = [], [], []
     try:
         for fold in range(folds):
             log.info("cross-validation: fold %d of %d", fold + 1, folds)
@@ -119,6 +148,7 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
             if parent is not None:
                 tags["mlflow.parentRunId"] = parent.run_id
             fitted = fit_one(fold_config(cfg, fold, folds, run_dir), tags)
+            histories.append(fitted.history)
             best = _best_row(fitted.history, monitor, mode)
             row = {"fold": fold, "epoch": best.get("epoch"), "run_id": fitted.run_id}
             row.update({k: v for k, v in best.items() if k.startswith("val/")})
@@ -138,8 +168,12 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
     summary = summarise(per_fold)
     best_means = {name: summary[f"cv/best/{name}_mean"]
                   for name in {monitor, optimized} if f"best/{name}" in per_fold}
+    # the epoch count a final fit on the whole pool trains for: best fold-mean curve
+    curve = epoch_curve(histories)
+    summary.update(chosen_epochs(curve, monitor, mode))
     per_fold.to_csv(run_dir / "cv_folds.csv", index=False)
-    files = {"per_fold": run_dir / "cv_folds.csv"}
+    curve.to_csv(run_dir / "cv_epochs.csv", index=False)
+    files = {"per_fold": run_dir / "cv_folds.csv", "epochs": run_dir / "cv_epochs.csv"}
     if assignment:
         pd.DataFrame(assignment).to_csv(run_dir / "cv_records.csv", index=False)
         files["records"] = run_dir / "cv_records.csv"
@@ -151,6 +185,11 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
     log.info("cross-validation of %d folds: %s = %.4f +- %.4f", folds, optimized,
              best_means.get(optimized, float("nan")),
              summary.get(f"cv/best/{optimized}_std", float("nan")))
+    if "cv/epochs" in summary:
+        log.info("best fold-mean %s after %d epochs: %.4f +- %.4f (a final fit on the whole "
+                 "pool: trainer.max_epochs=%d)", monitor, summary["cv/epochs"],
+                 summary[f"cv/at_epochs/{monitor}_mean"],
+                 summary[f"cv/at_epochs/{monitor}_std"], summary["cv/epochs"])
     return {**summary, **best_means}
 
 

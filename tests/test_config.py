@@ -65,6 +65,21 @@ def test_out_of_range_options(compose_train, override, message) -> None:
         validate_train_config(compose_train([*CSV, override]))
 
 
+def test_no_validation_split_refuses_what_would_monitor_it(compose_train) -> None:
+    base = ["data=mitbih", "data.split=interpatient", "data.val_fraction=0"]
+    with pytest.raises(ConfigError, match=r"val_fraction=0: no validation split, but "
+                       r"callbacks.model_checkpoint, callbacks.early_stopping monitor "
+                       r"val/f1_macro; train a fixed epoch count"):
+        validate_train_config(compose_train(base))
+    with pytest.raises(ConfigError, match=r"scheduler=plateau monitors"):
+        validate_train_config(compose_train([
+            *base, "scheduler=plateau", "callbacks.model_checkpoint.monitor=null",
+            "callbacks.early_stopping=null"]))
+    fixed = ["callbacks.model_checkpoint.monitor=null", "callbacks.early_stopping=null"]
+    validate_train_config(compose_train([*base, *fixed]))
+    validate_train_config(compose_train([*base, "cv.folds=5"]))  # CV makes its own folds
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_trainer_gpu_without_gpu_fails_clearly(compose_train) -> None:
     cfg = compose_train([*CSV, "trainer=gpu"])

@@ -58,7 +58,34 @@ def test_folds_are_child_runs_with_disjoint_records_and_the_parent_gets_mean_and
         assert set(split.loc[split["split"] == "test", "record"]) == {"mitdb/100", "mitdb/103"}
     client = mlflow.MlflowClient(uri)
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "cv")} == {
-        "cv/cv_folds.csv", "cv/cv_records.csv"}
+        "cv/cv_epochs.csv", "cv/cv_folds.csv", "cv/cv_records.csv"}
+    # the epoch count of a final fit: the best fold-mean of the monitored metric
+    curve = pd.read_csv(run_dir / "cv_epochs.csv")
+    assert list(curve["epochs"]) == [1, 2] and list(curve["folds"]) == [3, 3]
+    fold_values = [[h for h in client.get_metric_history(r.info.run_id, "val/f1_macro")]
+                   for r in sorted(folds, key=lambda r: r.data.tags["cv.fold"])]
+    per_epoch = np.array([[m.value for m in sorted(h, key=lambda m: m.step)] for h in fold_values])
+    np.testing.assert_allclose(curve["val/f1_macro_mean"], per_epoch.mean(axis=0), rtol=1e-6)
+    chosen = int(np.argmax(per_epoch.mean(axis=0))) + 1
+    assert parent.data.metrics["cv/epochs"] == chosen
+    assert parent.data.metrics["cv/at_epochs/val/f1_macro_mean"] == pytest.approx(
+        per_epoch.mean(axis=0)[chosen - 1])
+
+
+def test_the_cv_epoch_count_is_the_best_fold_mean_over_epochs_all_folds_reached() -> None:
+    from ecg_experiments.crossval import chosen_epochs, epoch_curve
+
+    histories = [  # fold 1 stopped early after 3 epochs: the curve ends there
+        [{"epoch": e, "val/f1_macro": v, "val/loss": 1 - v} for e, v in enumerate(values)]
+        for values in ([0.5, 0.7, 0.6, 0.9], [0.4, 0.5, 0.7], [0.6, 0.8, 0.5, 0.2])]
+    curve = epoch_curve(histories)
+    assert list(curve["epochs"]) == [1, 2, 3]
+    np.testing.assert_allclose(curve["val/f1_macro_mean"], [0.5, 2 / 3, 0.6])
+    assert curve["val/f1_macro_std"][0] == pytest.approx(0.1)
+    chosen = chosen_epochs(curve, "val/f1_macro", "max")
+    assert chosen["cv/epochs"] == 2
+    assert chosen["cv/at_epochs/val/loss_mean"] == pytest.approx(1 / 3)
+    assert chosen_epochs(curve, "val/loss", "min")["cv/epochs"] == 2
 
 
 def test_what_cannot_be_cross_validated_is_refused_before_any_work(tmp_path: Path,
@@ -132,3 +159,24 @@ def test_image_folders_make_folds_of_whole_records(tmp_path: Path) -> None:
     assert not first["val"] & second["val"]
     assert first["val"] | second["val"] == first["train"] | first["val"]
     assert first["train"] == second["val"] and len(first["train"] | first["val"]) == 6
+
+
+def test_a_final_fit_on_the_whole_pool_tests_its_last_epoch(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """data.val_fraction=0 with an unmonitored checkpoint: all DS1 records train for the
+    fixed epoch count (CV's `cv/epochs`), and the last epoch's weights are tested."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = compose_config(tmp_path, [
+        "data=mitbih", f"data.dir={shared_path('mitdb')}", "data.download=false",
+        "data.split=interpatient", RECORDS, "data.val_fraction=0", "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3", "callbacks.model_checkpoint.monitor=null",
+        "callbacks.early_stopping=null", "report.bootstrap_rounds=0"])
+    result = train(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    split = pd.read_csv(run_dir / "split.csv")
+    assert set(split.loc[split["split"] == "train", "record"]) == {
+        "mitdb/101", "mitdb/106", "mitdb/108"}
+    assert not (split["split"] == "val").any()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "epoch_001.ckpt", "last.ckpt"]
+    assert result["test/acc"] > 0 and "val/f1_macro" not in result

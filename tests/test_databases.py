@@ -106,6 +106,9 @@ def test_several_databases_train_on_ds1_and_svdb_and_test_on_ds2(tmp_path: Path)
     pool = {"mitdb/101", "mitdb/106", "mitdb/108", "svdb/800", "svdb/801", "svdb/802"}
     assert records["train"] | records["val"] == pool
     assert not records["train"] & records["val"]
+    # models are chosen on DS1 patients only: the other database's records only train
+    assert records["val"] and records["val"] <= {"mitdb/101", "mitdb/106", "mitdb/108"}
+    assert {"svdb/800", "svdb/801", "svdb/802"} <= records["train"]
     assert records["test"] == {"mitdb/100", "mitdb/103"}
     with pytest.raises(ConfigError, match="split=interpatient .* has no mitdb"):
         PhysionetDataModule(str(tmp_path), KachueeRecipe(), database="svdb", dir="x",
@@ -116,9 +119,10 @@ def test_cross_validation_folds_are_record_disjoint_and_leave_test_alone(tmp_pat
     folds = [_records(_module(tmp_path, "interpatient", folds=3, fold=k)) for k in range(3)]
     held = [f["val"] for f in folds]
     assert all(not (a & b) for i, a in enumerate(held) for b in held[i + 1:])
-    pool = {"mitdb/101", "mitdb/106", "mitdb/108", "svdb/800", "svdb/801", "svdb/802"}
-    assert set().union(*held) == pool
-    assert all(f["train"] == pool - f["val"] for f in folds)
+    ds1 = {"mitdb/101", "mitdb/106", "mitdb/108"}
+    svdb = {"svdb/800", "svdb/801", "svdb/802"}
+    assert set().union(*held) == ds1  # the folds are DS1's; svdb trains in every fold
+    assert all(f["train"] == (ds1 | svdb) - f["val"] for f in folds)
     assert all(f["test"] == {"mitdb/100", "mitdb/103"} for f in folds)
 
 

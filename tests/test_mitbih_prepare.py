@@ -188,6 +188,33 @@ def test_rr_features_against_the_average_rhythm() -> None:
     assert features["post_rr_avg_ratio"][301] == pytest.approx(1.4, abs=0.01)
 
 
+def test_rr_context_is_the_sequence_of_intervals_around_the_beat() -> None:
+    """rr_context=2: the 7 features, then the two intervals before the beat's previous one
+    and the two after its next one, each over the average R-R (the edges repeat)."""
+    fs = 100.0
+    rr = np.array([1.0, 1.0, 1.0, 0.6, 1.4, 1.0, 1.0, 1.0])  # an early beat, then a pause
+    samples = np.round(np.r_[0.0, np.cumsum(rr)] * fs).astype(np.int64)
+    recipe = CenteredRecipe(rr_context=2)
+    assert recipe.feature_names == (*RR_FEATURES, "rr_before1_avg_ratio", "rr_before2_avg_ratio",
+                                    "rr_after1_avg_ratio", "rr_after2_avg_ratio")
+    features = recipe.rr_features(samples, fs)
+    plain = CenteredRecipe().rr_features(samples, fs)
+    np.testing.assert_array_equal(features[:, :7], plain)
+    named = dict(zip(recipe.feature_names, features.T, strict=True))
+    average = 1.0  # the mean of the intervals (all within 600 s)
+    # beat 5 (after the pause): previous R-R 1.4; before it 0.6 then 1.0; next 1.0, 1.0
+    assert named["pre_rr"][5] == pytest.approx(1.4)
+    assert named["rr_before1_avg_ratio"][5] == pytest.approx(0.6 / average, abs=1e-3)
+    assert named["rr_before2_avg_ratio"][5] == pytest.approx(1.0 / average, abs=1e-3)
+    # beat 2: next R-R 1.0 (to beat 3); after it 0.6 and 1.4
+    assert named["rr_after1_avg_ratio"][2] == pytest.approx(0.6, abs=1e-3)
+    assert named["rr_after2_avg_ratio"][2] == pytest.approx(1.4, abs=1e-3)
+    # the first beat repeats its own previous interval at the edge
+    assert named["rr_before2_avg_ratio"][0] == pytest.approx(named["pre_rr_avg_ratio"][0])
+    with pytest.raises(ValueError, match="rr_context=-1: expected an integer 0-20"):
+        CenteredRecipe(rr_context=-1)
+
+
 def test_detector_option_labels_detected_peaks(mitdb_dir: Path) -> None:
     record = read_record(mitdb_dir, "208")
     annotated = len(record.beat_samples)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -78,5 +80,50 @@ def test_rr_features_reach_the_head(compose_train, mitdb_dir) -> None:
     changed[:, 0, -7:] += 1.0  # other R-R values, same waveform: other logits
     assert not torch.allclose(net.eval()(changed), net(x))
     assert base.shape == (len(x), 5)
+    # beat context: rr_context=3 makes 7 + 2 x 3 named features, end to end
+    cfg = compose_train([*overrides, "model=resnet1d", "data.recipe.rr_context=3"])
+    assert cfg.model.net.num_features == 13
+    dm = build(cfg.data)
+    dm.setup("fit")
+    assert dm.feature_names[-1] == "rr_after3_avg_ratio" and len(dm.feature_names) == 13
+    x, _ = next(iter(dm.train_dataloader()))
+    assert x.shape[-1] == cfg.data.signal_length + 13
+    assert instantiate(cfg.model.net)(x).shape == (len(x), 5)
     with pytest.raises(ConfigError, match="data.rr_features=true but model=cnn1d takes no R-R"):
         validate_train_config(compose_train(overrides))
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_zero_and_weighs_easy_beats_down() -> None:
+    from ecg_experiments.models.losses import FocalLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(64, 5) * 3
+    target = torch.randint(0, 5, (64,))
+    weight = torch.tensor([0.2, 3.0, 1.0, 5.0, 1.0])
+    for w in (None, weight):
+        for smoothing in (0.0, 0.1):
+            expected = torch.nn.CrossEntropyLoss(weight=w, label_smoothing=smoothing)(
+                logits, target)
+            got = FocalLoss(0.0, w, smoothing)(logits, target)
+            assert got == pytest.approx(float(expected), rel=1e-5)
+    # a confidently right beat (p_true 0.99) keeps (0.01)^2 of its cross-entropy; a wrong one
+    # (p_true 0.1) keeps 0.81 of it
+    easy = torch.tensor([[math.log(396.0), 0.0, 0, 0, 0]])  # 396 / (396 + 4) = 0.99
+    hard = torch.tensor([[0.0, math.log(6.0), 0, 0, 0]])  # 1 / (1 + 6 + 3) = 0.1
+    label = torch.tensor([0])
+    for x, keep in ((easy, 0.01 ** 2), (hard, 0.9 ** 2)):
+        ce = torch.nn.functional.cross_entropy(x, label)
+        assert FocalLoss(2.0)(x, label) == pytest.approx(float(ce) * keep, rel=1e-3)
+    with pytest.raises(ValueError, match="gamma=-1"):
+        FocalLoss(-1.0)
+
+
+def test_loss_focal_gamma_builds_the_focal_loss(compose_train) -> None:
+    from ecg_experiments.models.classifier import ClassifierModule
+    from ecg_experiments.models.losses import FocalLoss
+
+    net = KachueeCNN1d(num_classes=5)
+    module = ClassifierModule(net, list("NSVFQ"), focal_gamma=2.0, class_weights=[1.0] * 5)
+    assert isinstance(module.criterion, FocalLoss) and module.criterion.gamma == 2.0
+    assert isinstance(ClassifierModule(net, list("NSVFQ")).criterion, torch.nn.CrossEntropyLoss)
+    assert compose_train(["loss.focal_gamma=2"]).loss.focal_gamma == 2

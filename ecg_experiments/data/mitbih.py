@@ -33,7 +33,7 @@ from ecg_experiments.data.physionet import (
     read_record,
     verify_checksums,
 )
-from ecg_experiments.data.segment import RR_FEATURES, Beats, CenteredRecipe, KachueeRecipe
+from ecg_experiments.data.segment import Beats, CenteredRecipe, KachueeRecipe
 from ecg_experiments.data.splits import cv_fold, grouped_split, split_table, stratified_split
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.io import atomic_path
@@ -236,27 +236,41 @@ def assign_splits(
     if split == "interpatient":
         ds1 = [record_id("mitdb", r) for r in DS1]
         ds2 = np.isin(records, [record_id("mitdb", r) for r in DS2])
-        from_mitdb = np.char.startswith(records.astype(str), "mitdb/")
-        # the training pool: DS1, and every record of another database
-        pool = np.flatnonzero(np.isin(records, ds1) | ~from_mitdb)
-        if not np.isin(records, ds1).any() or not ds2.any():
+        in_ds1 = np.isin(records, ds1)
+        if not in_ds1.any() or not ds2.any():
             raise DataError("data.split=interpatient: the prepared records include no mitdb "
                             "DS1 or no DS2 record (the split trains on DS1, tests on DS2)")
+        # validation: whole DS1 records; every record of another database only trains, so
+        # models are chosen on the same DS1 patients whatever else they learn from
+        pool = np.flatnonzero(in_ds1)
         inner = grouped_split(
             records[pool], {"train": 1 - val_fraction, "val": val_fraction}, seed, "DS1"
         )
-        return {"train": pool[inner["train"]], "val": pool[inner["val"]],
-                "test": np.flatnonzero(ds2)}
+        extra = np.flatnonzero(training_only(records, split))
+        return {"train": np.sort(np.concatenate([pool[inner["train"]], extra])),
+                "val": pool[inner["val"]], "test": np.flatnonzero(ds2)}
     raise ConfigError(f"data.split={split!r}: expected one of {', '.join(SPLITS)}")
 
 
+def training_only(records: np.ndarray, split: str) -> np.ndarray:
+    """Rows that only ever train: with split=interpatient, the records of databases other
+    than mitdb (validation and CV folds are DS1 records)."""
+    if split != "interpatient":
+        return np.zeros(len(records), dtype=bool)
+    return ~np.char.startswith(records.astype(str), "mitdb/")
+
+
 def cross_validation_parts(table: BeatTable, parts: dict[str, np.ndarray], folds: int,
-                           fold: int, seed: int) -> dict[str, np.ndarray]:
-    """Fold `fold` of `folds` over the training pool (train + val) by record; test stays."""
+                           fold: int, seed: int, split: str = "random") -> dict[str, np.ndarray]:
+    """Fold `fold` of `folds` over the training pool (train + val) by record; test stays.
+    Training-only rows (`training_only`) are in every fold's training part."""
     pool = np.sort(np.concatenate([parts["train"], parts["val"]]))
+    fixed = pool[training_only(table.records[pool], split)]
+    pool = np.setdiff1d(pool, fixed)
     held = cv_fold(table.records[pool], table.beats.labels[pool], folds, seed,
                    "the training pool") == fold
-    return {"train": pool[~held], "val": pool[held], "test": parts["test"]}
+    return {"train": np.sort(np.concatenate([pool[~held], fixed])), "val": pool[held],
+            "test": parts["test"]}
 
 
 def _parse_records(given: Sequence[str] | None, databases: Sequence[Database]
@@ -295,8 +309,8 @@ class PhysionetDataModule(BeatsDataModuleBase):
     - random: stratified by class, `test_fraction` (0.2, as the Kaggle files) for test,
       then `val_fraction` of the rest for validation;
     - records: the same shares of whole records, no record in two splits;
-    - interpatient: de Chazal's mitdb DS1 (and every record of another database) for
-      train and validation (validation = whole records), mitdb DS2 for test; paced
+    - interpatient: de Chazal's mitdb DS1 for train and validation (validation = whole DS1
+      records; every record of another database trains only), mitdb DS2 for test; paced
       records excluded;
     - all: every beat in test (for evaluating a trained model on another database; what
       `evaluate holdout=all` chooses).
@@ -405,7 +419,7 @@ class PhysionetDataModule(BeatsDataModuleBase):
                               "features; use data/recipe=centered")
         self.signal_length = int(recipe.length)
         self.rate = float(recipe.rate)
-        self.feature_names = tuple(RR_FEATURES) if self.rr_features else ()
+        self.feature_names = recipe.feature_names if self.rr_features else ()
 
     @property
     def prepared_path(self) -> Path | None:
@@ -463,7 +477,8 @@ class PhysionetDataModule(BeatsDataModuleBase):
         table = self.beat_table()
         parts = assign_splits(table, self.split, self.seed, self.val_fraction, self.test_fraction)
         if self.folds is not None:
-            parts = cross_validation_parts(table, parts, self.folds, self.fold, self.seed)
+            parts = cross_validation_parts(table, parts, self.folds, self.fold, self.seed,
+                                           self.split)
         labels = table.beats.labels
         frame = split_table(parts, record=table.records, sample=table.beats.samples, label=labels)
         self._save_split(frame, table, parts)

@@ -25,6 +25,15 @@ RR_FEATURES = ("pre_rr", "post_rr", "pre_rr_ratio", "post_rr_ratio",
                "pre_rr_avg_ratio", "post_rr_avg_ratio", "local_rr_avg_ratio")
 
 
+def rr_feature_names(context: int = 0) -> tuple[str, ...]:
+    """RR_FEATURES, then with `context` k > 0 the R-R sequence around the beat: the k
+    intervals before its previous one and the k after its next one, each over the average
+    R-R (beat context: an early beat followed by a pause, a run of early beats)."""
+    context = int(context)
+    return (RR_FEATURES + tuple(f"rr_before{k}_avg_ratio" for k in range(1, context + 1))
+            + tuple(f"rr_after{k}_avg_ratio" for k in range(1, context + 1)))
+
+
 def window_length(before: float, after: float, rate: float) -> int:
     """Samples in a window of `before` + `after` seconds around an R-peak at `rate` Hz."""
     return int(round(float(before) * float(rate))) + int(round(float(after) * float(rate)))
@@ -193,8 +202,9 @@ class CenteredRecipe:
     Normalised per beat ("zscore", "minmax" or "none"). R-R features per beat (RR_FEATURES):
     the previous and next R-R interval (s), each divided by the local mean R-R over
     `local_rr_beats` beats on either side, and the previous, next and local R-R divided by
-    the average R-R of the `average_rr_seconds` around the beat. Beats whose window leaves
-    the record are dropped.
+    the average R-R of the `average_rr_seconds` around the beat; with `rr_context` k also
+    the k intervals before and after those, over the same average (`rr_feature_names`).
+    Beats whose window leaves the record are dropped.
     """
 
     rate: float = 360.0
@@ -203,6 +213,7 @@ class CenteredRecipe:
     normalize: str = "zscore"
     local_rr_beats: int = 10
     average_rr_seconds: float = 600.0
+    rr_context: int = 0
     length: int | None = None  # derived: round(before * rate) + round(after * rate)
     # cleaning before the beats are cut (data/filters.py), as in KachueeRecipe
     baseline: bool = False
@@ -212,6 +223,11 @@ class CenteredRecipe:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bandpass_hz", check_bandpass(self.bandpass_hz))
+        if isinstance(self.rr_context, bool) or int(self.rr_context) != self.rr_context \
+                or not 0 <= int(self.rr_context) <= 20:
+            raise ValueError(f"rr_context={self.rr_context!r}: expected an integer 0-20 (R-R "
+                             "intervals on either side of the beat's own two)")
+        object.__setattr__(self, "rr_context", int(self.rr_context))
         if self.normalize not in ("zscore", "minmax", "none"):
             raise ValueError(f"normalize={self.normalize!r}: expected zscore, minmax or none")
         length = window_length(self.before, self.after, self.rate)
@@ -220,11 +236,15 @@ class CenteredRecipe:
         object.__setattr__(self, "length", length)
 
     def params(self) -> dict:
-        return {"name": self.name, **asdict(self), "features": list(RR_FEATURES)}
+        return {"name": self.name, **asdict(self), "features": list(self.feature_names)}
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return rr_feature_names(self.rr_context)
 
     def rr_features(self, samples: np.ndarray, fs: float) -> np.ndarray:
         if len(samples) < 2:
-            return np.ones((len(samples), len(RR_FEATURES)), dtype=np.float32)
+            return np.ones((len(samples), len(self.feature_names)), dtype=np.float32)
         rr = np.diff(samples) / fs
         pre = np.concatenate([rr[:1], rr])
         post = np.concatenate([rr, rr[-1:]])
@@ -238,9 +258,16 @@ class CenteredRecipe:
             .rolling(pd.Timedelta(seconds=self.average_rr_seconds), center=True, min_periods=1)
             .mean().to_numpy()
         )
+        # the sequence: pre R-R of beat i-k and post R-R of beat i+k (ends repeat the edge)
+        last = len(pre) - 1
+        index = np.arange(len(pre))
+        context = [pre[np.clip(index - k, 0, last)] / average
+                   for k in range(1, self.rr_context + 1)]
+        context += [post[np.clip(index + k, 0, last)] / average
+                    for k in range(1, self.rr_context + 1)]
         return np.stack(
             [pre, post, pre / local, post / local, pre / average, post / average,
-             local / average], axis=1,
+             local / average, *context], axis=1,
         ).astype(np.float32)
 
     def extract(self, record: Record) -> Beats:

@@ -46,7 +46,7 @@ def check_finite(state: dict, path: Path) -> None:
 
 def spec_from_config(config: DictConfig, class_names: list[str]) -> InputSpec:
     """The input description of a checkpoint written before checkpoints carried one."""
-    from ecg_experiments.data.segment import RR_FEATURES
+    from ecg_experiments.data.segment import rr_feature_names
 
     data, model = config.data, config.model
     if model.get("input_kind") == "image":
@@ -56,7 +56,8 @@ def spec_from_config(config: DictConfig, class_names: list[str]) -> InputSpec:
     rate = data.get("recipe", {}).get("rate") or data.get("rate") or 125.0
     return InputSpec("signal", tuple(class_names), signal_length=int(data.signal_length),
                      rate=float(rate),
-                     features=tuple(RR_FEATURES) if data.get("rr_features") else ())
+                     features=rr_feature_names(data.get("recipe", {}).get("rr_context") or 0)
+                     if data.get("rr_features") else ())
 
 
 def load_trained_model(path: str | os.PathLike) -> TrainedModel:

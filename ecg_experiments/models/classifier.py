@@ -1,4 +1,4 @@
-"""ClassifierModule: any backbone + cross-entropy + configured optimizer/scheduler + metrics."""
+"""ClassifierModule: any backbone + cross-entropy (or focal loss) + configured optimizer/scheduler + metrics."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 
 from ecg_experiments.evaluation.metrics import classification_metrics
 from ecg_experiments.inputs import InputSpec
+from ecg_experiments.models.losses import FocalLoss
 
 AUX_LOSS_WEIGHT = 0.4  # Szegedy et al. 2016 (Inception v3)
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -20,7 +21,8 @@ SchedulerFactory = Callable[..., Any]
 
 
 class ClassifierModule(pl.LightningModule):
-    """Trains `net` (logits [batch, classes]) with cross-entropy.
+    """Trains `net` (logits [batch, classes]) with cross-entropy, or the focal loss with
+    `focal_gamma` > 0.
 
     `optimizer` and `scheduler` are partials from the config (`_partial_: true`) that take
     the parameters / the optimizer. `config` (the resolved run config) is stored in every
@@ -40,6 +42,7 @@ class ClassifierModule(pl.LightningModule):
         monitor: str = "val/f1_macro",
         class_weights: Sequence[float] | torch.Tensor | None = None,
         label_smoothing: float = 0.0,
+        focal_gamma: float = 0.0,
         config: dict | None = None,
         input_spec: InputSpec | None = None,
     ) -> None:
@@ -54,7 +57,10 @@ class ClassifierModule(pl.LightningModule):
         weight = None
         if class_weights is not None:
             weight = torch.as_tensor(class_weights, dtype=torch.float32)
-        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        # focal_gamma > 0: the focal loss (models/losses.py), else plain cross-entropy
+        self.criterion = (
+            FocalLoss(focal_gamma, weight, label_smoothing) if focal_gamma
+            else nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing))
         # one metric collection and one mean loss per stage ("train" cannot be a ModuleDict key:
         # it would shadow nn.Module.train)
         self.train_metrics = classification_metrics(

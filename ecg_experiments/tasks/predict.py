@@ -82,9 +82,11 @@ def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataF
     info["true"] = [AAMI_CLASSES[k] if k >= 0 else "" for k in beats.labels]
     info.attrs["record"] = record  # for the rhythm strip of `predict`
     if model.input.features:  # as in training: the features after the samples
-        if beats.features.shape[1] != model.input.num_features:
-            raise DataError(f"{base}: the recipe gives {beats.features.shape[1]} per-beat "
-                            f"features but the model takes {model.input.describe()}")
+        names = tuple(getattr(recipe, "feature_names", ()))
+        if names != model.input.features or beats.features.shape[1] != len(names):
+            raise DataError(f"{base}: the recipe gives the per-beat features "
+                            f"[{', '.join(names)}] but the model takes "
+                            f"{model.input.describe()}")
         return np.concatenate([beats.signals, beats.features], axis=1), info
     return beats.signals, info
 

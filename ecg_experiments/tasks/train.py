@@ -288,6 +288,7 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
         monitor=cfg.monitor.metric,
         class_weights=_class_weights(cfg, datamodule),
         label_smoothing=cfg.loss.label_smoothing,
+        focal_gamma=float(cfg.loss.get("focal_gamma") or 0.0),
         config=to_container(cfg),
         input_spec=datamodule.input_spec(),
     )
@@ -338,9 +339,11 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
     history = [module.history[epoch] for epoch in sorted(module.history)]
 
     metrics: dict[str, float] = {}
-    # the checkpoint of the best validation epoch (time_checkpoint monitors nothing)
+    # the checkpoint of the best validation epoch, or of the last epoch when model_checkpoint
+    # monitors nothing (a fixed epoch count, e.g. the one CV chose); time_checkpoint keeps
+    # no top-k checkpoint
     checkpoint = next((c for c in trainer.callbacks
-                       if isinstance(c, ModelCheckpoint) and c.monitor), None)
+                       if isinstance(c, ModelCheckpoint) and c.save_top_k != 0), None)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     # the best value over the epochs of the monitored and the optimised metric: what the
     # sweeper gets, what the parent run of a sweep compares (best/<metric>)
