@@ -215,6 +215,27 @@ def test_rr_context_is_the_sequence_of_intervals_around_the_beat() -> None:
         CenteredRecipe(rr_context=-1)
 
 
+def test_template_features_set_ventricular_beats_apart_from_the_patients_own(
+        mitdb_dir: Path) -> None:
+    """template_features: correlation with / RMS from the record's median beat. On record 208
+    (992 V among 1,586 N) the V beats are far from the median beat, the N beats close."""
+    from ecg_experiments.data.segment import TEMPLATE_FEATURES, template_features
+
+    record = read_record(mitdb_dir, "208")
+    recipe = CenteredRecipe(rate=120, template_features=True)
+    beats = recipe.extract(record)
+    assert recipe.feature_names == (*RR_FEATURES, *TEMPLATE_FEATURES)
+    assert beats.features.shape == (len(beats.labels), 9)
+    corr, rms = beats.features[:, 7], beats.features[:, 8]
+    normal, ventricular = beats.labels == 0, beats.labels == 2
+    assert np.median(corr[normal]) > 0.9 > 0.5 > np.median(corr[ventricular])
+    assert np.median(rms[ventricular]) > 2 * np.median(rms[normal])
+    # the same as computing it by hand: correlation with the median row
+    rows = beats.signals
+    expected = np.corrcoef(rows[:5], np.median(rows, axis=0)[None])[-1, :5]
+    np.testing.assert_allclose(template_features(rows)[:5, 0], expected, atol=1e-5)
+
+
 def test_detector_option_labels_detected_peaks(mitdb_dir: Path) -> None:
     record = read_record(mitdb_dir, "208")
     annotated = len(record.beat_samples)

@@ -89,6 +89,9 @@ def test_rr_features_reach_the_head(compose_train, mitdb_dir) -> None:
     x, _ = next(iter(dm.train_dataloader()))
     assert x.shape[-1] == cfg.data.signal_length + 13
     assert instantiate(cfg.model.net)(x).shape == (len(x), 5)
+    cfg = compose_train([*overrides, "model=inception1d", "data.recipe.rr_context=1",
+                         "data.recipe.template_features=true"])
+    assert cfg.model.net.num_features == 7 + 2 + 2
     with pytest.raises(ConfigError, match="data.rr_features=true but model=cnn1d takes no R-R"):
         validate_train_config(compose_train(overrides))
 

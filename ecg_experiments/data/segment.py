@@ -25,13 +25,34 @@ RR_FEATURES = ("pre_rr", "post_rr", "pre_rr_ratio", "post_rr_ratio",
                "pre_rr_avg_ratio", "post_rr_avg_ratio", "local_rr_avg_ratio")
 
 
-def rr_feature_names(context: int = 0) -> tuple[str, ...]:
+# morphology against the patient's own typical beat (the median beat of the record): the
+# correlation with it and the RMS difference from it, in the beat's normalised units
+TEMPLATE_FEATURES = ("template_corr", "template_rms")
+
+
+def rr_feature_names(context: int = 0, template: bool = False) -> tuple[str, ...]:
     """RR_FEATURES, then with `context` k > 0 the R-R sequence around the beat: the k
     intervals before its previous one and the k after its next one, each over the average
-    R-R (beat context: an early beat followed by a pause, a run of early beats)."""
+    R-R (beat context: an early beat followed by a pause, a run of early beats); then with
+    `template` the TEMPLATE_FEATURES."""
     context = int(context)
     return (RR_FEATURES + tuple(f"rr_before{k}_avg_ratio" for k in range(1, context + 1))
-            + tuple(f"rr_after{k}_avg_ratio" for k in range(1, context + 1)))
+            + tuple(f"rr_after{k}_avg_ratio" for k in range(1, context + 1))
+            + (TEMPLATE_FEATURES if template else ()))
+
+
+def template_features(rows: np.ndarray) -> np.ndarray:
+    """[n, 2]: each row's Pearson correlation with the median row, and the RMS of its
+    difference from it (the rows of one record: its typical beat is the median)."""
+    if len(rows) == 0:
+        return np.zeros((0, 2), dtype=np.float32)
+    template = np.median(rows, axis=0)
+    centred = rows - rows.mean(axis=1, keepdims=True)
+    t = template - template.mean()
+    norm = np.linalg.norm(centred, axis=1) * np.linalg.norm(t)
+    corr = np.where(norm > 0, centred @ t / np.where(norm > 0, norm, 1.0), 0.0)
+    rms = np.sqrt(np.mean((rows - template) ** 2, axis=1))
+    return np.stack([corr, rms], axis=1).astype(np.float32)
 
 
 def window_length(before: float, after: float, rate: float) -> int:
@@ -203,7 +224,8 @@ class CenteredRecipe:
     the previous and next R-R interval (s), each divided by the local mean R-R over
     `local_rr_beats` beats on either side, and the previous, next and local R-R divided by
     the average R-R of the `average_rr_seconds` around the beat; with `rr_context` k also
-    the k intervals before and after those, over the same average (`rr_feature_names`).
+    the k intervals before and after those, over the same average (`rr_feature_names`);
+    with `template_features` the beat against the record's median beat (TEMPLATE_FEATURES).
     Beats whose window leaves the record are dropped.
     """
 
@@ -214,6 +236,7 @@ class CenteredRecipe:
     local_rr_beats: int = 10
     average_rr_seconds: float = 600.0
     rr_context: int = 0
+    template_features: bool = False
     length: int | None = None  # derived: round(before * rate) + round(after * rate)
     # cleaning before the beats are cut (data/filters.py), as in KachueeRecipe
     baseline: bool = False
@@ -240,11 +263,13 @@ class CenteredRecipe:
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        return rr_feature_names(self.rr_context)
+        return rr_feature_names(self.rr_context, self.template_features)
 
     def rr_features(self, samples: np.ndarray, fs: float) -> np.ndarray:
+        """The R-R part of the features (`rr_feature_names(rr_context)`)."""
         if len(samples) < 2:
-            return np.ones((len(samples), len(self.feature_names)), dtype=np.float32)
+            return np.ones((len(samples), len(rr_feature_names(self.rr_context))),
+                           dtype=np.float32)
         rr = np.diff(samples) / fs
         pre = np.concatenate([rr[:1], rr])
         post = np.concatenate([rr, rr[-1:]])
@@ -284,10 +309,13 @@ class CenteredRecipe:
             rows = (rows - rows.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
         elif self.normalize == "minmax":
             rows = _minmax_rows(rows, np.ones_like(rows, dtype=bool))
+        features = features[keep]
+        if self.template_features:
+            features = np.concatenate([features, template_features(rows)], axis=1)
         return Beats(
             signals=rows.astype(np.float32),
             labels=aami_label(record.beat_symbols[keep]),
             samples=record.beat_samples[keep],
             symbols=record.beat_symbols[keep],
-            features=features[keep],
+            features=features,
         )

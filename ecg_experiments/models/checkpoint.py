@@ -53,10 +53,12 @@ def spec_from_config(config: DictConfig, class_names: list[str]) -> InputSpec:
         return InputSpec("image", tuple(class_names), image_size=int(model.input_size),
                          channels=int(data.get("channels", 3)), mean=tuple(data.mean),
                          std=tuple(data.std))
-    rate = data.get("recipe", {}).get("rate") or data.get("rate") or 125.0
+    recipe = data.get("recipe") or {}
+    rate = recipe.get("rate") or data.get("rate") or 125.0
     return InputSpec("signal", tuple(class_names), signal_length=int(data.signal_length),
                      rate=float(rate),
-                     features=rr_feature_names(data.get("recipe", {}).get("rr_context") or 0)
+                     features=rr_feature_names(recipe.get("rr_context") or 0,
+                                               bool(recipe.get("template_features")))
                      if data.get("rr_features") else ())
 
 
