@@ -1,4 +1,4 @@
-"""ClassifierModule: any backbone + cross-entropy (or focal loss) + configured optimizer/scheduler + metrics."""
+"""ClassifierModule: any backbone + cross-entropy or focal loss + optimizer, scheduler, metrics."""
 
 from __future__ import annotations
 
