@@ -144,6 +144,7 @@ def validate_train_config(cfg: DictConfig) -> None:
             if mode not in ("min", "max"):
                 raise ConfigError(f"{option}={mode!r}: expected 'min' or 'max'")
     _check_no_validation(cfg)
+    _check_class_weight_power(cfg)
     lr = cfg.optimizer.get("lr")
     if lr is not None and not float(lr) > 0:
         raise ConfigError(f"optimizer.lr={lr}: the learning rate must be > 0")
@@ -169,6 +170,20 @@ def _check_no_validation(cfg: DictConfig) -> None:
             f"monitor{'s' if len(waiting) == 1 else ''} {cfg.monitor.metric}; train a fixed "
             "epoch count with callbacks.model_checkpoint.monitor=null "
             "callbacks.early_stopping=null (the last epoch is tested)")
+
+
+def _check_class_weight_power(cfg: DictConfig) -> None:
+    loss = cfg.get("loss") or {}
+    power = loss.get("class_weight_power", 1.0)
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 <= power <= 1:
+        raise ConfigError(f"loss.class_weight_power={power!r}: expected a number in [0, 1] "
+                          "(1: balanced weights, 0.5: their square root, 0: none)")
+    if float(power) != 1.0 and loss.get("class_weights") != "balanced" \
+            and not (loss.get("class_weights") is None
+                     and cfg.data.get("balance") == "class_weights"):
+        raise ConfigError(f"loss.class_weight_power={power} tempers balanced class weights, "
+                          f"but loss.class_weights={loss.get('class_weights')!r}; use "
+                          "loss.class_weights=balanced (or data.balance=class_weights)")
 
 
 def to_container(cfg: DictConfig) -> dict:

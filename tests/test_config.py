@@ -100,3 +100,23 @@ def test_balanced_class_weights(compose_train, tmp_path) -> None:
     weights = _class_weights(cfg, datamodule)
     # training split: 36 / 12 / 12 -> 60 / (3 x count)
     assert weights == pytest.approx([60 / (3 * 36), 60 / (3 * 12), 60 / (3 * 12), 0.0, 0.0])
+    # tempered: their square root (the rare class still weighs more, 1.73x instead of 3x)
+    cfg = compose_train(["data=beats_csv", "data.train_file=x.csv", "loss.class_weights=balanced",
+                         "loss.class_weight_power=0.5"])
+    tempered = _class_weights(cfg, datamodule)
+    assert tempered == pytest.approx([(60 / 108) ** 0.5, (60 / 36) ** 0.5, (60 / 36) ** 0.5, 0, 0])
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["loss.class_weight_power=1.5"],
+     r"loss.class_weight_power=1.5: expected a number in \[0, 1\]"),
+    (["loss.class_weight_power=0.5"], r"tempers balanced class weights, but "
+                                      r"loss.class_weights=None"),
+    (["loss.class_weight_power=0.5", "loss.class_weights=[1,2,3,4,5]"],
+     r"but loss.class_weights=.*use loss.class_weights=balanced"),
+])
+def test_class_weight_power_refused_without_balanced_weights(compose_train, overrides,
+                                                             message) -> None:
+    cfg = compose_train(["data=beats_csv", "data.train_file=x.csv", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        validate_train_config(cfg)

@@ -66,7 +66,8 @@ def _class_weights(cfg: DictConfig, datamodule: ClassDataModule) -> list[float] 
         present = np.unique(labels)
         result = np.zeros(datamodule.num_classes)
         result[present] = compute_class_weight("balanced", classes=present, y=labels)
-        return result.tolist()
+        # power < 1 tempers the weights of classes seen in very few beats (and patients)
+        return (result ** float(cfg.loss.get("class_weight_power", 1.0))).tolist()
     weights = list(weights)
     if len(weights) != datamodule.num_classes:
         raise ConfigError(
