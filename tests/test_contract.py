@@ -43,9 +43,11 @@ def _data_option(kind: str, inputs: dict[str, Path]) -> list[str]:
     if kind == "csv":
         return ["data=beats_csv", f"data.train_file={inputs['csv']}", "data.batch_size=32"]
     if kind == "rr":  # two databases at once (mitdb 360 Hz MLII, svdb 128 Hz ECG1), with
-        # the R-R sequence and template features (7 + 2 + 2 per beat)
+        # the R-R sequence and template features (7 + 2 + 2 per beat), beats relative to
+        # the record's median beat
         return ["data=physionet", "data/recipe=centered", "data.rr_features=true",
                 "data.recipe.rr_context=1", "data.recipe.template_features=true",
+                "data.recipe.subtract_template=true",
                 "data.databases=[mitdb,svdb]", "data.records=[100,106,svdb/801]",
                 f"data.dirs.mitdb={inputs['mitdb']}", f"data.dirs.svdb={inputs['svdb']}",
                 "data.download=false", "data.batch_size=32"]

@@ -236,6 +236,24 @@ def test_template_features_set_ventricular_beats_apart_from_the_patients_own(
     np.testing.assert_allclose(template_features(rows)[:5, 0], expected, atol=1e-5)
 
 
+def test_subtract_template_makes_morphology_relative_to_the_patients_median_beat(
+        mitdb_dir: Path) -> None:
+    """subtract_template: each normalised beat minus the record's median beat. On record 208
+    the N beats end near zero and the V beats far from it; features are unchanged."""
+    record = read_record(mitdb_dir, "208")
+    plain = CenteredRecipe(rate=120, template_features=True).extract(record)
+    relative = CenteredRecipe(rate=120, template_features=True,
+                              subtract_template=True).extract(record)
+    np.testing.assert_allclose(relative.signals,
+                               plain.signals - np.median(plain.signals, axis=0), atol=1e-5)
+    np.testing.assert_array_equal(relative.features, plain.features)
+    np.testing.assert_array_equal(relative.labels, plain.labels)
+    size = np.sqrt(np.mean(relative.signals ** 2, axis=1))
+    normal, ventricular = relative.labels == 0, relative.labels == 2
+    assert np.median(size[ventricular]) > 2 * np.median(size[normal])  # 0.94 vs 0.44
+    assert np.median(size[normal]) < 0.5  # z-scored beats: RMS 1 before the subtraction
+
+
 def test_detector_option_labels_detected_peaks(mitdb_dir: Path) -> None:
     record = read_record(mitdb_dir, "208")
     annotated = len(record.beat_samples)

@@ -226,7 +226,10 @@ class CenteredRecipe:
     the average R-R of the `average_rr_seconds` around the beat; with `rr_context` k also
     the k intervals before and after those, over the same average (`rr_feature_names`);
     with `template_features` the beat against the record's median beat (TEMPLATE_FEATURES).
-    Beats whose window leaves the record are dropped.
+    With `subtract_template` the signal is the normalised beat minus the record's median
+    normalised beat: morphology relative to the patient's own typical beat, so that a new
+    patient's normal beats sit near zero whatever their shape (the template features, if
+    any, are taken before the subtraction). Beats whose window leaves the record are dropped.
     """
 
     rate: float = 360.0
@@ -237,6 +240,7 @@ class CenteredRecipe:
     average_rr_seconds: float = 600.0
     rr_context: int = 0
     template_features: bool = False
+    subtract_template: bool = False
     length: int | None = None  # derived: round(before * rate) + round(after * rate)
     # cleaning before the beats are cut (data/filters.py), as in KachueeRecipe
     baseline: bool = False
@@ -312,6 +316,8 @@ class CenteredRecipe:
         features = features[keep]
         if self.template_features:
             features = np.concatenate([features, template_features(rows)], axis=1)
+        if self.subtract_template and len(rows):
+            rows = rows - np.median(rows, axis=0)
         return Beats(
             signals=rows.astype(np.float32),
             labels=aami_label(record.beat_symbols[keep]),
