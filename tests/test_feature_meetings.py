@@ -233,3 +233,35 @@ def test_another_database_is_cut_with_the_recipe_the_model_was_trained_with(tmp_
     assert data.recipe.rate == 120.0 and data.recipe._target_.endswith("CenteredRecipe")
     assert data.rr_features is True and data.split == "all" and data.database == "svdb"
     assert OmegaConf.to_container(data, resolve=True)["signal_length"] == 84
+
+
+def test_beats_relative_to_their_record_are_never_read_from_a_csv(tmp_path: Path) -> None:
+    """A model trained with data.recipe.subtract_template=true needs each beat's record (its
+    median beat): a beats CSV is refused by predict and by evaluate, naming the option,
+    instead of feeding it absolute beats silently."""
+    from ecg_experiments.inputs import InputSpec
+    from ecg_experiments.models.checkpoint import TrainedModel
+    from ecg_experiments.tasks.evaluate import data_for_model
+    from ecg_experiments.tasks.predict import load_inputs
+
+    trained = compose_config(tmp_path, ["data=mitbih", "data/recipe=centered",
+                                        "data.recipe.rate=120",
+                                        "data.recipe.subtract_template=true",
+                                        "model=resnet1d"])
+    spec = InputSpec("signal", tuple("NSVFQ"), signal_length=84, rate=120.0)
+    model = TrainedModel(net=torch.nn.Identity(), config=trained, class_names=list("NSVFQ"),
+                         checkpoint=tmp_path / "x.ckpt", history=[], input=spec)
+    csv = tmp_path / "beats.csv"
+    np.savetxt(csv, np.zeros((3, 84)), delimiter=",")
+    with pytest.raises(DataError, match=r"beats.csv: a beats CSV cannot feed this model: .*"
+                                        r"subtract_template=true"):
+        load_inputs(csv, model)
+    cfg = compose_config(tmp_path / "eval", ["run_id=x", "data=beats_csv",
+                                             f"data.train_file={csv}"], "eval")
+    with pytest.raises(ConfigError, match=r"ready-cut beats, but .*subtract_template=true"):
+        data_for_model(cfg, model)
+    # the same model without the option reads the CSV
+    plain = compose_config(tmp_path / "plain", ["data=mitbih", "data/recipe=centered",
+                                                "data.recipe.rate=120", "model=resnet1d"])
+    model.config = plain
+    assert len(load_inputs(csv, model)[0]) == 3

@@ -33,6 +33,15 @@ class TrainedModel:
     history: list[dict]
     input: InputSpec
 
+    def record_only_reason(self) -> str | None:
+        """Why the model's beats can only be cut from whole records (not read as rows of
+        a beats CSV), or None: its recipe makes each beat relative to its record."""
+        recipe = (self.config.get("data") or {}).get("recipe") or {}
+        if recipe.get("subtract_template"):
+            return ("its beats are relative to their record's median beat "
+                    "(data.recipe.subtract_template=true)")
+        return None
+
 
 def check_finite(state: dict, path: Path) -> None:
     """A DataError naming the first tensor of `state` that holds NaN or infinity: such
