@@ -110,7 +110,7 @@ def _per_class(metrics: dict[str, float], names: list[str]) -> dict[str, float]:
 
 @pytest.mark.parametrize("model,model_args,kind", MODELS)
 def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_path,
-                                          monkeypatch) -> None:
+                                          monkeypatch, capsys) -> None:
     client = _store(tmp_path, monkeypatch)
     data = _data(kind, inputs)
     args = [f"model={model}", *model_args, *data, *STEPS]
@@ -175,6 +175,8 @@ def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_p
             tmp_path / f"x-{fmt}", [f"ckpt={ckpt}", f"format={fmt}", "parity_inputs=8"],
             "export"))
         assert path.is_file() and difference <= 1e-4
+    # the R-R row's beats are relative to their record: the export says how to feed it
+    assert ("subtract_template=true" in capsys.readouterr().out) == (kind == "rr")
     import onnxruntime  # the written file alone (no external data left behind) takes the input
 
     session = onnxruntime.InferenceSession(str(tmp_path / "x-onnx" / "run" / "model.onnx"))

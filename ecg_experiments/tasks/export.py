@@ -64,5 +64,7 @@ def export_model(cfg: DictConfig) -> tuple[Path, float]:
             )
     print(f"exported {model.checkpoint} to {output} ({cfg.format}, input [batch, "
           f"{', '.join(map(str, shape))}]: {model.input.describe()}); parity on {len(x)} "
-          f"inputs: max |difference| = {difference:.2e} <= {cfg.tolerance:g}")
+          f"inputs: max |difference| = {difference:.2e} <= {cfg.tolerance:g}"
+          + (f"; feed it as trained: {model.record_only_reason()}"
+             if model.record_only_reason() else ""))
     return output, difference
