@@ -41,12 +41,17 @@ def rr_feature_names(context: int = 0, template: bool = False) -> tuple[str, ...
             + (TEMPLATE_FEATURES if template else ()))
 
 
+def median_beat(rows: np.ndarray) -> np.ndarray:
+    """The record's typical beat: the sample-wise median of its beats (rows)."""
+    return np.median(rows, axis=0)
+
+
 def template_features(rows: np.ndarray) -> np.ndarray:
     """[n, 2]: each row's Pearson correlation with the median row, and the RMS of its
     difference from it (the rows of one record: its typical beat is the median)."""
     if len(rows) == 0:
         return np.zeros((0, 2), dtype=np.float32)
-    template = np.median(rows, axis=0)
+    template = median_beat(rows)
     centred = rows - rows.mean(axis=1, keepdims=True)
     t = template - template.mean()
     norm = np.linalg.norm(centred, axis=1) * np.linalg.norm(t)
@@ -317,7 +322,7 @@ class CenteredRecipe:
         if self.template_features:
             features = np.concatenate([features, template_features(rows)], axis=1)
         if self.subtract_template and len(rows):
-            rows = rows - np.median(rows, axis=0)
+            rows = rows - median_beat(rows)
         return Beats(
             signals=rows.astype(np.float32),
             labels=aami_label(record.beat_symbols[keep]),

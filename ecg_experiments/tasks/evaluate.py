@@ -80,10 +80,10 @@ def _cut_beats_as_trained(data: DictConfig, model: TrainedModel) -> None:
     """Beats of other records (another database) are cut with the recipe the model was
     trained with, and carry its R-R features or not."""
     trained = model.config.get("data") or {}
-    if "recipe" not in data and model.record_only_reason():
-        raise ConfigError(f"{group_choice('data')}: gives ready-cut beats, but "
-                          f"{model.record_only_reason()}; evaluate it on records "
-                          "(data=mitbih or data=physionet)")
+    reason = model.record_only_reason() if "recipe" not in data else None
+    if reason:
+        raise ConfigError(f"{group_choice('data')}: gives ready-cut beats, but {reason}; "
+                          "evaluate it on records (data=mitbih or data=physionet)")
     if "recipe" in data and "recipe" in trained:
         recipe = OmegaConf.to_container(trained.recipe, resolve=True)
         if OmegaConf.to_container(data.recipe, resolve=True) != recipe:

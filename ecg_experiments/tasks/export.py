@@ -62,9 +62,9 @@ def export_model(cfg: DictConfig) -> tuple[Path, float]:
                 f"{cfg.format} export of {model.checkpoint}: outputs differ from PyTorch by "
                 f"{difference:.2e} > tolerance {cfg.tolerance:g} on {len(x)} inputs; not written"
             )
+    reason = model.record_only_reason()
     print(f"exported {model.checkpoint} to {output} ({cfg.format}, input [batch, "
           f"{', '.join(map(str, shape))}]: {model.input.describe()}); parity on {len(x)} "
           f"inputs: max |difference| = {difference:.2e} <= {cfg.tolerance:g}"
-          + (f"; feed it as trained: {model.record_only_reason()}"
-             if model.record_only_reason() else ""))
+          + (f"; feed it as trained: {reason}" if reason else ""))
     return output, difference

@@ -133,9 +133,9 @@ def _signal_inputs(path: Path, model: TrainedModel) -> tuple[np.ndarray, pd.Data
             raise DataError(
                 f"input={path}: the model takes {model.input.describe()}, which a beats CSV "
                 "does not carry; give a WFDB record (the features are computed from it)")
-        if model.record_only_reason():
-            raise DataError(f"input={path}: a beats CSV cannot feed this model: "
-                            f"{model.record_only_reason()}; give a WFDB record")
+        if reason := model.record_only_reason():
+            raise DataError(f"input={path}: a beats CSV cannot feed this model: {reason}; "
+                            "give a WFDB record")
         length = int(model.input.signal_length)
         signals, labels = read_beats_csv(path, length, model.class_names, labelled=None)
         info = pd.DataFrame({"row": np.arange(len(signals))})
