@@ -58,6 +58,8 @@ QUIET_WARNINGS = (
     # torchdata's StatefulDataLoader calls torch.set_vital, deprecated in recent torch; each
     # time a training epoch's iterator is made
     r"'set_vital' is deprecated",
+    # a resumed run writes into its own checkpoint folder again: expected, not a clash
+    r"Checkpoint directory .* exists and is not empty",
 )
 # Lightning's advertising tip and its restatement of limit_*_batches=1.0 (logging, not warnings)
 QUIET_LOG_LINES = ("💡 Tip:", "was configured so 100% of the batches")
@@ -74,6 +76,10 @@ def quiet_third_party() -> None:
     ECG_ALL_WARNINGS=1 or python's own -W / PYTHONWARNINGS choose the warnings to show."""
     if os.environ.get("ECG_ALL_WARNINGS") or sys.warnoptions:
         return
+    from ecg_experiments.progress import on_terminal
+
+    if not on_terminal():  # MLflow's download bars would be frames dumped into a log file
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     # a logger's filters see the records made on that logger: Lightning's rank-zero helpers

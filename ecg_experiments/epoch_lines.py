@@ -31,9 +31,20 @@ class EpochLines(ProgressBar):
         super().__init__()
         self.interval_s = float(interval_s)
         self._enabled = True
-        self._epoch_started: float | None = None
         self._reported: set[int] = set()
         self._epoch_seconds: list[float] = []
+        # every attribute valid from construction: Lightning skips on_train_epoch_start when
+        # it resumes inside an epoch, and a test pass may come without any training
+        self._epoch_started: float | None = None  # no epoch line before training starts
+        self._last_line = self._stage_started = time.perf_counter()
+        self._first_batch: int | None = None
+        self._resumed = False
+
+    def _start_clock(self, resumed: bool) -> None:
+        """The epoch's clock: its start, the last progress line, the first batch it saw."""
+        self._epoch_started = self._last_line = time.perf_counter()
+        self._first_batch = None
+        self._resumed = resumed
 
     def disable(self) -> None:
         self._enabled = False
@@ -52,19 +63,26 @@ class EpochLines(ProgressBar):
         # the previous epoch's line: its train metrics are logged by the LightningModule's
         # on_train_epoch_end, which runs after the callbacks' hook of that name
         self._report(trainer, trainer.current_epoch - 1)
-        self._epoch_started = self._last_line = time.perf_counter()
+        self._start_clock(resumed=False)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # every fit passes here, also one resumed inside an epoch (whose
+        # on_train_epoch_start Lightning skips): that epoch's line is timed from here
+        self._start_clock(resumed=trainer.fit_loop.epoch_loop.batch_progress.current.ready > 0)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._report(trainer, trainer.current_epoch - 1)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._first_batch is None:  # the clock started before this batch
+            self._first_batch = batch_idx
         now = time.perf_counter()
         if not self._enabled or now - self._last_line < self.interval_s:
             return
         self._last_line = now
         done, total = batch_idx + 1, self.total_train_batches
-        rate = done / max(now - (self._epoch_started or now), 1e-9)
+        rate = (done - self._first_batch) / max(now - (self._epoch_started or now), 1e-9)
         left = ""
         if isinstance(total, int) and total > 0:
             left = f", epoch ends in ~{duration((total - done) / max(rate, 1e-9))}"
@@ -78,17 +96,19 @@ class EpochLines(ProgressBar):
             return
         self._reported.add(epoch)
         seconds = time.perf_counter() - self._epoch_started
-        self._epoch_seconds.append(seconds)
+        if not self._resumed:  # part of an epoch says little of a whole one's length
+            self._epoch_seconds.append(seconds)
         metrics = trainer.callback_metrics
         parts = [f"epoch {epoch + 1}/{self._epochs(trainer)}"]
         parts += [f"{label} {float(metrics[name]):.4f}" for name, label in SHOWN
                   if name in metrics]
-        parts.append(f"{seconds:.1f} s/epoch")
-        if trainer.max_epochs and trainer.max_epochs > 0:
+        parts.append(f"{seconds:.1f} s/epoch" + (" since the resume" if self._resumed else ""))
+        remaining = (trainer.max_epochs - (epoch + 1)) if trainer.max_epochs else 0
+        if remaining > 0 and trainer.should_stop:  # early stopping or a pruned trial
+            parts.append("stopped early")
+        elif remaining > 0 and self._epoch_seconds:
             mean = sum(self._epoch_seconds) / len(self._epoch_seconds)
-            remaining = trainer.max_epochs - (epoch + 1)
-            if remaining > 0 and not trainer.should_stop:
-                parts.append(f"~{duration(remaining * mean)} left at most")
+            parts.append(f"~{duration(remaining * mean)} left at most")
         log.info("  ".join(parts))
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

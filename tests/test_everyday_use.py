@@ -19,6 +19,7 @@ from ecg_experiments.config import CONFIG_DIR, DATA_INPUT_KINDS, PROJECT_ROOT
 from ecg_experiments.epoch_lines import EpochLines, progress_bar
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.progress import StageProgress, track
+from tests.conftest import SHARED_DATA as SHARED
 from tests.conftest import all_runs
 
 HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "torchvision", "timm", "mlflow",
@@ -43,8 +44,7 @@ def _train(args: list[str], tmp: Path, env: dict[str, str] | None = None
 def test_a_run_into_a_log_writes_a_line_per_epoch_and_no_third_party_warnings(
         small_csv: Path, tmp_path: Path) -> None:
     result = _train(["data=beats_csv", f"data.train_file={small_csv}", "trainer.max_epochs=2",
-                     "report.log_model=false", "report.bootstrap_rounds=0",
-                     "callbacks.early_stopping=null", "report.attribution_per_group=2",
+                     "report.bootstrap_rounds=50", "report.attribution_per_group=2",
                      # the estimate after 2 batches, with the CPU note for any length
                      "callbacks.time_estimate.after_batches=2",
                      "callbacks.time_estimate.many_hours=0"], tmp_path)
@@ -68,6 +68,55 @@ def test_a_run_into_a_log_writes_a_line_per_epoch_and_no_third_party_warnings(
     assert third_party == []
     # no Rich bar frame dumped into the file (`Epoch 1/1 ━━━ 30/30 0:00:02 • 10.41it/s`)
     assert not re.search(r"it/s|(Epoch \d+/\d+|Testing) +━", output)
+
+
+def test_the_epoch_where_early_stopping_ends_the_run_says_so(small_csv: Path,
+                                                             tmp_path: Path) -> None:
+    """A learning rate too small to improve anything and patience 0: the run stops after
+    its second of four epochs; that epoch's line says so instead of a time left."""
+    result = _train(["data=beats_csv", f"data.train_file={small_csv}", "trainer.max_epochs=4",
+                     "optimizer.lr=1e-12", "callbacks.early_stopping.patience=0",
+                     "report.bootstrap_rounds=50", "report.attribution_per_group=1"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    lines = re.findall(r"epoch \d/4  train loss .*", output)
+    assert len(lines) == 2, output[-3000:]
+    assert "left at most" in lines[0] and "stopped early" not in lines[0]
+    assert lines[1].endswith("stopped early") and "left" not in lines[1]
+    [run] = all_runs(tmp_path)
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2
+    assert run.info.status == "FINISHED"
+
+
+def test_evaluate_and_also_test_write_lines_into_a_log(tmp_path: Path) -> None:
+    """The scoring after training on another database (also_test) and a later evaluate, each
+    with its output in a file: a line per test pass, no progress bar frames."""
+    mitdb, svdb = SHARED / "mitdb", SHARED / "svdb"
+    if not (mitdb.is_dir() and svdb.is_dir()):
+        pytest.skip(f"shared data not found at {SHARED}: set ECG_SHARED_DATA")
+    trained = _train(["data.records=[100,119,208]", "data.download=false",
+                      f"paths.mitdb_dir={mitdb}", "trainer.max_epochs=1",
+                      "trainer.limit_train_batches=5", "report.bootstrap_rounds=50",
+                      "report.attribution_per_group=1", "+also_test.svdb.database=svdb",
+                      f"+also_test.svdb.dir={svdb}", "+also_test.svdb.records=[800]",
+                      "+also_test.svdb.download=false"], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    [run] = [r for r in all_runs(tmp_path) if "mlflow.parentRunId" not in r.data.tags]
+    environment = {k: v for k, v in os.environ.items() if k not in ("TTY_COMPATIBLE",
+                                                                    "FORCE_COLOR")}
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "ecg_experiments.evaluate", f"run_id={run.info.run_id}",
+         f"paths.outputs_dir={tmp_path}", "report.bootstrap_rounds=50"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=400,
+        env={**environment, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    for output, passes in ((trained.stdout + trained.stderr, 2),
+                           (evaluated.stdout + evaluated.stderr, 1)):
+        assert len(re.findall(r"test: [\d,]+ batches in \d+ s", output)) == passes, output[-3000:]
+        assert not re.search(r"it/s|Testing DataLoader|(Epoch \d+/\d+|Testing) +━", output)
 
 
 def test_all_warnings_come_back_with_the_switch(small_csv: Path, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from ecg_experiments.config import build, group_choice, to_container
 from ecg_experiments.data.base import ClassDataModule
+from ecg_experiments.epoch_lines import progress_bar
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.attribution import mean_attribution_report
 from ecg_experiments.evaluation.report import report_test_results
@@ -132,7 +133,8 @@ def evaluate_model(cfg: DictConfig, model: TrainedModel, data_cfg: DictConfig,
                  ", ".join(datamodule.class_names), ", ".join(model.class_names))
     module = ClassifierModule(net=model.net, class_names=model.class_names,
                               config=to_container(model.config), input_spec=model.input)
-    trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[],
+    # lines in a log as training writes them (a bar on a terminal)
+    trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[progress_bar()],
                           enable_checkpointing=False)
     run_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = datamodule.fingerprint()
