@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ecg_experiments.config import build, group_choice
 from ecg_experiments.errors import ConfigError
+from ecg_experiments.interruption import TrainingInterrupted, slurm_restart_count
+from ecg_experiments.io import atomic_path
+from ecg_experiments.tracking import RUN_ID_FILE
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +57,10 @@ def check_cross_validation(cfg: DictConfig) -> int:
     if getattr(target, "needs_groups_for_folds", False) and not cfg.data.get("group_regex"):
         raise ConfigError(f"cv.folds={folds}: {group_choice('data')} needs data.group_regex "
                           "(the record id in each file name) to keep records within a fold")
-    if cfg.get("resume") or cfg.get("ckpt_path"):
-        raise ConfigError("cv.folds: resume / ckpt_path continue one run, not a "
-                          "cross-validation; run the folds again (prepared data is cached)")
+    if cfg.get("ckpt_path"):
+        raise ConfigError("cv.folds: ckpt_path starts one fit from a checkpoint, not a "
+                          "cross-validation; resume an interrupted cross-validation with "
+                          "hydra.run.dir=<its folder> resume=true")
     return folds
 
 
@@ -65,6 +70,7 @@ def fold_config(cfg: DictConfig, fold: int, folds: int, run_dir: Path) -> DictCo
     with open_dict(one):
         one.data.folds, one.data.fold = folds, fold
         one.cv.folds = None
+        one.resume, one.ckpt_path = False, None  # the driver resumes a fold (FoldFolder)
         one.test = False  # model selection never looks at the test split
         one.also_test = {}  # nor at other test data
         one.paths.run_dir = str(run_dir / f"fold{fold}")
@@ -74,6 +80,51 @@ def fold_config(cfg: DictConfig, fold: int, folds: int, run_dir: Path) -> DictCo
             name = cfg.logger.get("run_name") or cfg.get("run_name") or "cv"
             one.logger.run_name = f"{name}-fold{fold}"
     return one
+
+
+class FoldFolder:
+    """A fold's folder (`<run>/fold<k>`): whether it finished before (its `fitted.json`, the
+    Fitted of that fit) or stopped with a checkpoint to resume from."""
+
+    def __init__(self, run_dir: Path, fold: int) -> None:
+        self.path = run_dir / f"fold{fold}"
+        self.result = self.path / "fitted.json"
+
+    def finished(self) -> Fitted | None:
+        if not self.result.is_file():
+            return None
+        saved = json.loads(self.result.read_text())
+        split = self.path / "split.csv"
+        return Fitted(saved["metrics"], saved["history"], saved["run_id"],
+                      pd.read_csv(split) if split.is_file() else None)
+
+    def save(self, fitted: Fitted) -> None:
+        """Written last, atomically: a fold with this file is complete."""
+        text = json.dumps({"metrics": fitted.metrics, "history": fitted.history,
+                           "run_id": fitted.run_id})
+        with atomic_path(self.result) as work:
+            work.write_text(text)
+
+    def has_checkpoint(self) -> bool:
+        return (self.path / "checkpoints" / "last.ckpt").is_file()
+
+    def stale_run_id(self) -> str | None:
+        """The MLflow run of a fit that stopped before its first checkpoint."""
+        id_file = self.path / RUN_ID_FILE
+        return id_file.read_text().strip() if id_file.is_file() else None
+
+
+def _resuming(cfg: DictConfig, run_dir: Path) -> bool:
+    """`resume=true`, or a Slurm job requeued into the folder of a cross-validation that
+    had started (its parent run or a fold folder is there)."""
+    started = (run_dir / RUN_ID_FILE).is_file() or (run_dir / "fold0").is_dir()
+    if cfg.get("resume"):
+        if not started:
+            raise ConfigError(f"resume=true: no cross-validation to resume in {run_dir}; "
+                              "resume inside the interrupted run's folder with "
+                              "hydra.run.dir=<outputs/runs/DATE/TIME of that run>")
+        return True
+    return started and slurm_restart_count() >= 1
 
 
 def summarise(per_fold: pd.DataFrame) -> dict[str, float]:
@@ -122,32 +173,57 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
     """Fit every fold of `cfg.cv.folds` and track them under one parent run; return the
     means over the folds (`cv/...`) and, under the optimised and monitored metric names,
     the mean of each fold's best value (what sweepers compare)."""
-    from ecg_experiments.tasks.train import _default_run_name, _sweep_tags
+    from ecg_experiments.tasks.train import default_run_name, sweep_tags
     from ecg_experiments.tracking import choice_tags, log_files, log_run_metadata
 
     folds = check_cross_validation(cfg)
     run_dir = Path(cfg.paths.run_dir)
+    resuming = _resuming(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     parent = None
     if cfg.get("logger"):
-        name = cfg.logger.get("run_name") or _default_run_name() or "run"
-        parent = build(cfg.logger, tags={**_sweep_tags(), "cv.folds": str(folds)},
-                       run_name=f"{name}-cv{folds}")
+        name = cfg.logger.get("run_name") or default_run_name() or "run"
+        parent_id = None
+        if resuming and (run_dir / RUN_ID_FILE).is_file():
+            parent_id = (run_dir / RUN_ID_FILE).read_text().strip()
+        parent = build(cfg.logger, tags={**sweep_tags(), "cv.folds": str(folds)},
+                       run_name=f"{name}-cv{folds}", run_id=parent_id)
         with open_dict(cfg):
             cfg.logger.run_name = name
-        config_file = run_dir / "config.yaml"
-        OmegaConf.save(cfg, config_file, resolve=True)
-        log_run_metadata(parent, cfg, config_file, {**choice_tags(), "cv.folds": str(folds)})
+        if parent_id is None:
+            config_file = run_dir / "config.yaml"
+            OmegaConf.save(cfg, config_file, resolve=True)
+            log_run_metadata(parent, cfg, config_file,
+                             {**choice_tags(), "cv.folds": str(folds)})
+            (run_dir / RUN_ID_FILE).write_text(parent.run_id)
+        else:  # the interrupted parent run continues
+            parent.experiment.update_run(parent_id, status="RUNNING")
     monitor, mode = str(cfg.monitor.metric), str(cfg.monitor.mode)
     optimized = str(cfg.get("optimized_metric") or monitor)
     rows, assignment, histories = [], [], []
     try:
         for fold in range(folds):
-            log.info("cross-validation: fold %d of %d", fold + 1, folds)
-            tags = {"cv.fold": str(fold), "cv.folds": str(folds)}
-            if parent is not None:
-                tags["mlflow.parentRunId"] = parent.run_id
-            fitted = fit_one(fold_config(cfg, fold, folds, run_dir), tags)
+            folder = FoldFolder(run_dir, fold)
+            fitted = folder.finished() if resuming else None
+            if fitted is not None:
+                log.info("cross-validation: fold %d of %d finished before (MLflow run %s)",
+                         fold + 1, folds, fitted.run_id)
+            else:
+                log.info("cross-validation: fold %d of %d", fold + 1, folds)
+                tags = {"cv.fold": str(fold), "cv.folds": str(folds)}
+                if parent is not None:
+                    tags["mlflow.parentRunId"] = parent.run_id
+                one = fold_config(cfg, fold, folds, run_dir)
+                if resuming and folder.has_checkpoint():
+                    with open_dict(one):
+                        one.resume = True  # in the fold's own MLflow run
+                elif resuming and parent is not None and folder.stale_run_id():
+                    # stopped before its first checkpoint: the fold starts again, in a new run
+                    parent.experiment.delete_run(folder.stale_run_id())
+                fitted = fit_one(one, tags)
+                if fitted.split is None and (folder.path / "split.csv").is_file():
+                    fitted.split = pd.read_csv(folder.path / "split.csv")
+                folder.save(fitted)
             histories.append(fitted.history)
             best = _best_row(fitted.history, monitor, mode)
             row = {"fold": fold, "epoch": best.get("epoch"), "run_id": fitted.run_id}
@@ -158,9 +234,10 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
             if frame is not None and "record" in frame:
                 held = frame.loc[frame["split"] == "val", "record"].unique()
                 assignment += [{"record": r, "fold": fold} for r in sorted(held)]
-    except BaseException:
-        if parent is not None:
-            parent.experiment.set_terminated(parent.run_id, "FAILED")
+    except BaseException as err:
+        if parent is not None:  # an interrupted CV resumes (resume=true); a failed one not
+            parent.experiment.set_terminated(
+                parent.run_id, "KILLED" if isinstance(err, TrainingInterrupted) else "FAILED")
         raise
     per_fold = pd.DataFrame(rows)
     # every column: the validation metrics at the best epoch and best/<metric> of the

@@ -14,7 +14,9 @@ teardown) and keeps no RNG state in its checkpoints.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,32 @@ log = logging.getLogger(__name__)
 
 class CheckpointOnTerminate(pl.Callback):
     """Save `<checkpoint_dir>/last.ckpt` when Lightning stops the run on SIGTERM: where it
-    raises SIGTERMException the step is complete, whichever hook the signal came during."""
+    raises SIGTERMException the step is complete, whichever hook the signal came during.
+
+    A SIGTERM during a fit's validation stops the run at the end of that validation (the
+    epoch's boundary, or the next training batch when validation runs inside an epoch):
+    Lightning would stop after the validation batch in progress, and resume from there as
+    if the validation had run (the epoch's validation metrics missing, early stopping and
+    checkpointing then failing). Validation is short beside training.
+    """
 
     def __init__(self, checkpoint_dir: str | Path) -> None:
         self.checkpoint = Path(checkpoint_dir) / "last.ckpt"
+        self._deferred = False
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        # runs before the evaluation loop's own SIGTERM check of this batch
+        connector = trainer._signal_connector
+        if trainer.state.fn == "fit" and connector.received_sigterm:
+            connector.received_sigterm = False
+            if not self._deferred:
+                log.info("SIGTERM during validation: the run stops when the validation ends")
+            self._deferred = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._deferred:
+            self._deferred = False
+            trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
@@ -65,3 +89,42 @@ class RandomState(pl.Callback):
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
+
+
+# what a shell reports for a process ended by SIGTERM (128 + 15): schedulers read it as such
+TERMINATED_EXIT_CODE = 143
+
+
+class TrainingInterrupted(Exception):
+    """Training was stopped from outside (SIGTERM, Ctrl-C) after its step was saved and its
+    MLflow run marked KILLED. The command's entry prints how to resume the whole run (one
+    fit, or every fold of a cross-validation) and exits with `exit_code`."""
+
+    def __init__(self, what: str, exit_code: int) -> None:
+        super().__init__(what)
+        self.what, self.exit_code = what, exit_code
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir`: this command's overrides with
+    `hydra.run.dir=<run_dir> resume=true`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = []
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if not o.startswith(("hydra.run.dir=", "resume=", "ckpt_path="))]
+    return " ".join(["python -m ecg_experiments.train", *overrides, f"hydra.run.dir={run_dir}",
+                     "resume=true"])
+
+
+def exit_interrupted(stop: TrainingInterrupted, run_dir: Path) -> None:
+    """Say how to resume the run in `run_dir` and exit with the stop's status."""
+    print(f"\n{stop.what}. The last checkpoint is in {run_dir}; resume with:\n"
+          f"  {resume_command(run_dir)}", file=sys.stderr)
+    sys.exit(stop.exit_code)
+
+
+def slurm_restart_count() -> int:
+    """How often Slurm has requeued this job (0 outside Slurm or on its first start)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 
+# the MLflow run of a run folder (a resumed or requeued run continues it)
+RUN_ID_FILE = "mlflow_run_id"
+
+
 def is_remote(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("http://", "https://", "databricks"))
 

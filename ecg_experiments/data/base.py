@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ecg_experiments.data.splits import BALANCE_MODES, balance_indices
@@ -36,6 +37,62 @@ def loader_worker_init(worker_id: int) -> None:
         pl_worker_init_function(worker_id)
 
 
+class EpochSeededSampler(DistributedSampler):
+    """The training order as a function of (seed, epoch) alone: DistributedSampler's
+    shuffle, or with `weights` (data.balance=sampler) a weighted draw with replacement from a
+    generator seeded by seed + epoch; under DDP each process takes its share. A run resumed
+    from any checkpoint draws its epoch's order again (the stateful loader then skips the
+    batches done). With `tag_epoch` it yields `(index, epoch)` pairs for SeededSamples.
+
+    Written here because torch's WeightedRandomSampler draws from one running generator,
+    whose position no checkpoint holds, and no sampler passes the epoch on to the dataset.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int,
+                 weights: Sequence[float] | None = None, tag_epoch: bool = False) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
+                         seed=seed)
+        self.weights = None if weights is None else torch.as_tensor(weights,
+                                                                    dtype=torch.double)
+        self.tag_epoch = tag_epoch
+
+    def __iter__(self) -> Any:
+        if self.weights is None:
+            indices = list(super().__iter__())
+        else:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            drawn = torch.multinomial(self.weights, self.total_size, replacement=True,
+                                      generator=generator).tolist()
+            indices = drawn[self.rank:self.total_size:self.num_replicas]
+        if self.tag_epoch:
+            return iter([(index, self.epoch) for index in indices])
+        return iter(indices)
+
+
+class SeededSamples(Dataset):
+    """A dataset read with `(index, epoch)` keys (EpochSeededSampler): the random draws made
+    while reading a sample (image augmentation in the loader workers) come from torch's
+    generator seeded by (seed, epoch, index), so they are the same whichever worker reads
+    the sample and after any resume; the worker's own generator is left as it was.
+
+    Written here because loader workers' generators run on from sample to sample and
+    neither torch's nor torchdata's loader keeps their states in a checkpoint.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, epoch = key
+        state = np.random.SeedSequence([self.seed, int(epoch), int(index)]).generate_state(2)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(state[0]) << 32 | int(state[1]))
+            return self.dataset[index]
+
+
 class ClassDataModule(pl.LightningDataModule):
     """Labelled train/val/test datasets with their class names, split table and loaders.
 
@@ -53,6 +110,9 @@ class ClassDataModule(pl.LightningDataModule):
     collate_fn: Callable[[Any], Any] | None = None
 
     input_kind = "signal"
+    # whether reading a training sample draws random numbers (augmentation in the loader
+    # workers): those draws are then seeded per sample and epoch (SeededSamples)
+    random_per_sample = False
 
     def __init__(
         self,
@@ -73,13 +133,13 @@ class ClassDataModule(pl.LightningDataModule):
                               f"(got {balance_to})")
         self.balance = balance
         self.balance_to = None if balance_to is None else int(balance_to)
-        self._sampler_generator: torch.Generator | None = None
         self.class_names = list(class_names) if class_names is not None else []
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
         self.seed = int(seed)
         self.datasets: dict[str, Dataset] = {}
+        self._stateful_loaders: weakref.WeakSet = weakref.WeakSet()
         self.split_labels: dict[str, np.ndarray] = {}
         self.split_frame: pd.DataFrame | None = None
 
@@ -120,24 +180,24 @@ class ClassDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         sampler = None
-        distributed = self.trainer is not None and self.trainer.world_size > 1
-        if shuffle and self.balance == "sampler":
-            # each sample weighted by 1 / its class count: classes drawn equally often
-            labels = self.split_labels[split]
-            weights = 1.0 / np.bincount(labels, minlength=self.num_classes)[labels]
-            if self._sampler_generator is None:  # one stream: each epoch draws anew
-                self._sampler_generator = torch.Generator().manual_seed(self.seed)
-            sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(labels),
-                                            replacement=True, generator=self._sampler_generator)
-            shuffle = False
-        elif shuffle:
-            # An epoch-seeded shuffle (seed + epoch; Lightning calls set_epoch), so a run
-            # resumed from a checkpoint sees the same order as an uninterrupted one; under DDP
-            # each process takes its share (Lightning keeps a DistributedSampler it is given).
+        dataset = self.datasets[split]
+        if shuffle:
+            # an order seeded by seed + epoch, so a run resumed from a checkpoint sees the
+            # order of an uninterrupted one; under DDP each process takes its share
+            # (Lightning keeps a DistributedSampler it is given)
             trainer = self.trainer
-            sampler = DistributedSampler(
-                self.datasets[split], num_replicas=trainer.world_size if distributed else 1,
-                rank=trainer.global_rank if distributed else 0, shuffle=True, seed=self.seed)
+            distributed = trainer is not None and trainer.world_size > 1
+            weights = None
+            if self.balance == "sampler":  # 1 / its class count: classes drawn equally often
+                labels = self.split_labels[split]
+                weights = (1.0 / np.bincount(labels, minlength=self.num_classes)[labels])
+            sampler = EpochSeededSampler(
+                dataset, num_replicas=trainer.world_size if distributed else 1,
+                rank=trainer.global_rank if distributed else 0, seed=self.seed,
+                weights=None if weights is None else weights.tolist(),
+                tag_epoch=self.random_per_sample)
+            if self.random_per_sample:
+                dataset = SeededSamples(dataset, self.seed)
             # Lightning calls set_epoch (with the count of epochs processed) only after it has
             # made the loader's iterator; a resumed run would otherwise go on in epoch 0's order
             sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed
@@ -146,9 +206,9 @@ class ClassDataModule(pl.LightningDataModule):
         # the training loader is stateful (torchdata): a checkpoint taken mid-epoch holds how
         # far the epoch got, and a resumed run continues with the next batch of the same
         # order (Lightning saves and restores the state of such loaders)
-        loader = StatefulDataLoader if split == "train" else DataLoader
-        return loader(
-            self.datasets[split],
+        loader_class = StatefulDataLoader if split == "train" else DataLoader
+        loader = loader_class(
+            dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
             sampler=sampler,
@@ -161,6 +221,20 @@ class ClassDataModule(pl.LightningDataModule):
             # from the global generator that dropout uses (resumed runs draw the same masks)
             generator=torch.Generator().manual_seed(self.seed),
         )
+        if isinstance(loader, StatefulDataLoader):
+            self._stateful_loaders.add(loader)
+        return loader
+
+    def shutdown_workers(self) -> None:
+        """Stop the workers of the training loaders this module made (after a fit, however
+        it ended). Written here because Lightning shuts down the workers of torch's own loader
+        iterators only, not of torchdata's; ours ignore SIGTERM (loader_worker_init), so at
+        exit multiprocessing's handler (terminate, then join) would wait for them forever."""
+        for loader in list(self._stateful_loaders):
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            loader._iterator = None
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -222,6 +222,18 @@ class BeatsDataModuleBase(ClassDataModule):
             return dataset.dataset.tensors[0][dataset.indices]
         return dataset.tensors[0]
 
+    def state_dict(self) -> dict[str, Any]:
+        """In every checkpoint: the augmentation generator's state (a resumed run draws the
+        noise an uninterrupted one would; without a seed it draws from torch's generator,
+        which the RandomState callback keeps)."""
+        generator = getattr(self.augment, "generator", None)
+        return {"augment_generator": generator.get_state()} if generator is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        generator = getattr(self.augment, "generator", None)
+        if generator is not None and "augment_generator" in state_dict:
+            generator.set_state(state_dict["augment_generator"])
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.augment is not None and self.trainer is not None and self.trainer.training:
             x, y = batch

@@ -235,6 +235,8 @@ class ImageDataModule(ClassDataModule):
         self.channels = int(channels)
         self.mean, self.std = list(mean), list(std)
         self.augment = augment
+        # augmented training images are drawn per sample in the workers (SeededSamples)
+        self.random_per_sample = augment is not None
         self.max_per_class = None if max_per_class is None else int(max_per_class)
         self.skip_bad_images = bool(skip_bad_images)
         self.source = source

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,14 @@ from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.attribution import mean_attribution_report
 from ecg_experiments.evaluation.report import report_test_results
 from ecg_experiments.evaluation.robustness import robustness_report
-from ecg_experiments.interruption import CheckpointOnTerminate, RandomState
+from ecg_experiments.interruption import (
+    TERMINATED_EXIT_CODE,
+    CheckpointOnTerminate,
+    RandomState,
+    TrainingInterrupted,
+    exit_interrupted,
+    slurm_restart_count,
+)
 from ecg_experiments.models.checkpoint import init_from
 from ecg_experiments.models.classifier import ClassifierModule
 from ecg_experiments.models.freezing import NoFreezing, count_trainable
@@ -35,6 +41,7 @@ from ecg_experiments.sweepers.parent_run import parent_run_file
 from ecg_experiments.sweepers.pruning import OptunaPruning
 from ecg_experiments.tasks.explore import explore_data
 from ecg_experiments.tracking import (
+    RUN_ID_FILE,
     choice_tags,
     log_files,
     log_model,
@@ -95,7 +102,7 @@ def _in_sweep() -> bool:
     return OmegaConf.select(HydraConfig.get(), "job.num", default=None) is not None
 
 
-def _sweep_tags() -> dict[str, str]:
+def sweep_tags() -> dict[str, str]:
     """In a multirun: the sweep's id, this job's number and the parent run to nest under."""
     if not _in_sweep():
         return {}
@@ -107,7 +114,7 @@ def _sweep_tags() -> dict[str, str]:
     return tags
 
 
-def _default_run_name() -> str | None:
+def default_run_name() -> str | None:
     """`<model>-<data>` from the config choices, plus `-job<n>` in a multirun."""
     choices = choice_tags()
     if not choices:
@@ -145,14 +152,11 @@ def _callbacks(cfg: DictConfig, with_logger: bool) -> list[pl.Callback]:
     return callbacks
 
 
-RUN_ID_FILE = "mlflow_run_id"
-
-
 def _requeued_checkpoint(run_dir: Path) -> str | None:
     """In a job that Slurm requeued (SLURM_RESTART_COUNT >= 1, the same run folder, see
     config.run_name): the newest checkpoint of the folder, `checkpoints/last.ckpt` (written
     at SIGTERM) or Lightning's `hpc_ckpt_<n>.ckpt` (written at the SIGUSR1 warning)."""
-    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
+    if slurm_restart_count() < 1:
         return None
     found = [p for p in [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
              if p.is_file()]
@@ -191,22 +195,11 @@ def _resume_point(cfg: DictConfig, run_dir: Path) -> tuple[str | None, str | Non
     return ckpt, (id_file.read_text().strip() if id_file.is_file() else None)
 
 
-# what a shell reports for a process ended by SIGTERM (128 + 15): schedulers read it as such
-TERMINATED_EXIT_CODE = 143
-
-
-def _on_interrupt(tracked: Any, run_dir: Path, what: str = "Interrupted") -> None:
-    """Mark the MLflow run KILLED and print how to resume."""
+def _interrupted(tracked: Any, what: str, exit_code: int) -> TrainingInterrupted:
+    """Mark the MLflow run KILLED; the caller raises the returned exception."""
     if tracked is not None:
         tracked.experiment.set_terminated(tracked.run_id, "KILLED")
-    overrides = []
-    if HydraConfig.initialized():
-        overrides = [o for o in HydraConfig.get().overrides.task
-                     if not o.startswith(("hydra.run.dir=", "resume=", "ckpt_path="))]
-    command = " ".join(["python -m ecg_experiments.train", *overrides,
-                        f"hydra.run.dir={run_dir}", "resume=true"])
-    print(f"\n{what}. The last checkpoint is in {run_dir / 'checkpoints'}; resume with:\n"
-          f"  {command}", file=sys.stderr)
+    return TrainingInterrupted(what, exit_code)
 
 
 def check_optimized_metric(cfg: DictConfig, class_names: list[str]) -> dict[str, str]:
@@ -237,9 +230,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     a record-grouped cross-validation instead (`cross_validate`): no test split is scored
     and the values are the means over the folds.
     """
-    if (cfg.get("cv") or {}).get("folds"):
-        return cross_validate(cfg, fit_one)
-    return fit_one(cfg).metrics
+    try:
+        if (cfg.get("cv") or {}).get("folds"):
+            return cross_validate(cfg, fit_one)
+        return fit_one(cfg).metrics
+    except TrainingInterrupted as stop:  # the whole run (all folds) resumes from its folder
+        exit_interrupted(stop, Path(cfg.paths.run_dir))
+        raise  # not reached: exit_interrupted exits
 
 
 def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
@@ -254,9 +251,9 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
     # the logger first: an unreachable tracking server fails before any data work
     logger = None
     if cfg.get("logger"):
-        logger = build(cfg.logger, tags={**_sweep_tags(), **(tags or {})},
+        logger = build(cfg.logger, tags={**sweep_tags(), **(tags or {})},
                        run_id=resume_run_id,
-                       run_name=cfg.logger.get("run_name") or _default_run_name())
+                       run_name=cfg.logger.get("run_name") or default_run_name())
 
     datamodule: ClassDataModule = build(cfg.data)
     datamodule.prepare_data()
@@ -330,13 +327,15 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    except SIGTERMException:  # a scheduler's SIGTERM: the step is saved (CheckpointOnTerminate)
-        _on_interrupt(tracked, run_dir, "Terminated (SIGTERM)")
-        sys.exit(TERMINATED_EXIT_CODE)
-    except SystemExit:
+    except SIGTERMException as err:  # a scheduler's SIGTERM: CheckpointOnTerminate saved it
+        raise _interrupted(tracked, "Terminated (SIGTERM)", TERMINATED_EXIT_CODE) from err
+    except SystemExit as err:
         if trainer.interrupted:  # Ctrl-C: Lightning shut down and exits
-            _on_interrupt(tracked, run_dir)
+            raise _interrupted(tracked, "Interrupted", err.code if isinstance(err.code, int)
+                               else 1) from err
         raise
+    finally:
+        datamodule.shutdown_workers()
     history = [module.history[epoch] for epoch in sorted(module.history)]
 
     metrics: dict[str, float] = {}
