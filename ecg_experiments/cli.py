@@ -58,8 +58,6 @@ QUIET_WARNINGS = (
     # torchdata's StatefulDataLoader calls torch.set_vital, deprecated in recent torch; each
     # time a training epoch's iterator is made
     r"'set_vital' is deprecated",
-    # a resumed run writes into its own checkpoint folder again: expected, not a clash
-    r"Checkpoint directory .* exists and is not empty",
 )
 # Lightning's advertising tip and its restatement of limit_*_batches=1.0 (logging, not warnings)
 QUIET_LOG_LINES = ("💡 Tip:", "was configured so 100% of the batches")

@@ -108,6 +108,10 @@ class FoldFolder:
     def has_checkpoint(self) -> bool:
         return (self.path / "checkpoints" / "last.ckpt").is_file()
 
+    def has_slurm_checkpoint(self) -> bool:
+        """Lightning's `hpc_ckpt_<n>.ckpt` (Slurm's warning), which a requeued fit resumes."""
+        return any(self.path.glob("hpc_ckpt_*.ckpt"))
+
     def stale_run_id(self) -> str | None:
         """The MLflow run of a fit that stopped before its first checkpoint."""
         id_file = self.path / RUN_ID_FILE
@@ -217,6 +221,8 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
                 if resuming and folder.has_checkpoint():
                     with open_dict(one):
                         one.resume = True  # in the fold's own MLflow run
+                elif resuming and slurm_restart_count() >= 1 and folder.has_slurm_checkpoint():
+                    pass  # fit_one resumes a requeued job from its newest checkpoint
                 elif resuming and parent is not None and folder.stale_run_id():
                     # stopped before its first checkpoint: the fold starts again, in a new run
                     parent.experiment.delete_run(folder.stale_run_id())

@@ -69,6 +69,8 @@ class EpochLines(ProgressBar):
         # every fit passes here, also one resumed inside an epoch (whose
         # on_train_epoch_start Lightning skips): that epoch's line is timed from here
         self._start_clock(resumed=trainer.fit_loop.epoch_loop.batch_progress.current.ready > 0)
+        # a resumed run's finished epochs had their lines before it stopped
+        self._reported.update(range(trainer.current_epoch))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._report(trainer, trainer.current_epoch - 1)

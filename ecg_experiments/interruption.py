@@ -42,6 +42,27 @@ class CheckpointOnTerminate(pl.Callback):
     def __init__(self, checkpoint_dir: str | Path) -> None:
         self.checkpoint = Path(checkpoint_dir) / "last.ckpt"
         self._deferred = False
+        self._stop_on_resume = False
+
+    # Whether the run had decided to stop (early stopping, a pruned trial) when a checkpoint
+    # was written: Lightning keeps no such flag in checkpoints, so a run stopped (or killed)
+    # right after that decision would train on after its resume.
+    def state_dict(self) -> dict[str, Any]:
+        return {"should_stop": False}  # set per checkpoint in on_save_checkpoint
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if state is not None:
+            state["should_stop"] = bool(trainer.should_stop)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._stop_on_resume = bool(state_dict.get("should_stop", False))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._stop_on_resume:
+            log.info("the run had decided to stop before it was interrupted: no more epochs")
+            trainer.should_stop = True
 
     def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         # runs before the evaluation loop's own SIGTERM check of this batch
@@ -59,7 +80,8 @@ class CheckpointOnTerminate(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):
+        # only a fit's state is worth resuming (a test has loaded the best weights)
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
             trainer.save_checkpoint(self.checkpoint)
             log.info("SIGTERM: stopped after batch %d of epoch %d; checkpoint %s",
                      trainer.fit_loop.epoch_loop.batch_progress.current.completed,

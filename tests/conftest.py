@@ -92,9 +92,11 @@ def kachuee_prepared(mitdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
                           progress=False)
 
 
-# Fast training settings and helpers for tests that run the CLI
-FAST = ["trainer.max_epochs=2", "report.log_model=false", "report.bootstrap_rounds=0",
-        "report.attribution_per_group=0", "callbacks.progress_bar=null"]
+# Fast training settings for tests that train: every callback and report part a user gets
+# stays on (progress lines, early stopping, checkpoints, the logged model, intervals,
+# attributions); speed comes from few epochs and small amounts, not from turning parts off
+FAST = ["trainer.max_epochs=2", "report.bootstrap_rounds=50", "report.attribution_per_group=1",
+        "report.attribution_steps=4"]
 
 
 @pytest.fixture(scope="session")
@@ -127,3 +129,28 @@ def all_runs(tmp: Path) -> list:
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def assert_export_matches_checkpoint(exported: Path, fmt: str, checkpoint: Path,
+                                     n: int = 5, tolerance: float = 1e-4) -> None:
+    """Load the written ONNX / TorchScript file by itself and compare its outputs with the
+    checkpoint's network on inputs of the stored shape (another batch size and other
+    values than export's own check used)."""
+    import torch
+
+    from ecg_experiments.models.checkpoint import load_trained_model
+
+    model = load_trained_model(Path(checkpoint))
+    x = torch.rand(n, *model.input.shape, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    with torch.no_grad():
+        expected = model.net.eval()(x).numpy()
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    else:
+        with torch.no_grad():
+            got = torch.jit.load(str(exported))(x).numpy()
+    assert got.shape == expected.shape == (n, len(model.class_names))
+    assert np.abs(got - expected).max() <= tolerance

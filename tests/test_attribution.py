@@ -85,12 +85,30 @@ def test_grad_cam_is_the_definition_on_the_last_spatial_feature_map(name: str) -
     assert shown >= 6  # the comparison ran on maps that are not all zero
 
 
-def test_the_beat_figure_has_a_bar_per_r_r_feature(tmp_path) -> None:
+def test_the_beat_figure_has_a_bar_per_r_r_feature(tmp_path, monkeypatch) -> None:
+    """Beside the beat, one bar per appended feature, named, as long as its attribution and
+    coloured by its sign (red: for the class)."""
+    from matplotlib.colors import to_rgba
+
+    import ecg_experiments.evaluation.attribution as attribution
+
+    drawn = []
+    save = attribution._save
+    monkeypatch.setattr(attribution, "_save", lambda fig, path: (drawn.append(fig),
+                                                                 save(fig, path))[1])
     spec = InputSpec(kind="signal", class_names=("N", "V"), signal_length=100, rate=125.0,
                      features=("pre", "post"))
     beat = np.sin(np.linspace(0, 6, 102))
-    path = plot_beat(beat, np.linspace(-1, 1, 102), spec, "a beat", tmp_path / "beat.png")
-    assert path.stat().st_size > 10_000
+    weights = np.r_[np.linspace(-1, 1, 100), 0.7, -0.4]
+    path = plot_beat(beat, weights, spec, "a beat", tmp_path / "beat.png")
+    assert path.is_file()
+    [fig] = drawn
+    beat_axis, feature_axis = fig.axes
+    np.testing.assert_allclose(beat_axis.lines[0].get_ydata(), beat[:100])
+    bars = feature_axis.patches
+    assert [t.get_text() for t in feature_axis.get_yticklabels()] == ["pre", "post"]
+    assert [round(b.get_width(), 6) for b in bars] == [0.7, -0.4]
+    assert [b.get_facecolor() for b in bars] == [to_rgba("tab:red"), to_rgba("tab:blue")]
 
 
 def test_the_mean_attribution_report_draws_per_class_and_outcome(tmp_path) -> None:

@@ -177,11 +177,10 @@ CASES = {
 
 
 def _leftovers(outputs: Path) -> list[str]:
+    """Checkpoints, finished runs and anything prepared (beat tables `<db>-<recipe>-<hash>`,
+    their splits, rendered images, temporary folders of a write that did not finish)."""
     found = [str(p) for p in outputs.rglob("*.ckpt")]
-    found += [str(p) for p in (outputs / "data").glob("mitbih-*")] if (
-        outputs / "data").exists() else []
-    found += [str(p) for p in (outputs / "data" / "images").glob("*")] if (
-        outputs / "data" / "images").exists() else []
+    found += [str(p) for p in (outputs / "data").rglob("*")]
     store = outputs / "mlflow.db"
     if store.exists():
         client = mlflow.MlflowClient(f"sqlite:///{store}")

@@ -85,8 +85,7 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                   f"data.root={files['images']}"])):
         run = root / f"train-{kind}"
         _entry("train")(compose_config(run, [*args, "trainer.max_epochs=1", "logger=none",
-                                             "report.enabled=false",
-                                             "callbacks.progress_bar=null"]))
+                                             "report.enabled=false"]))
         files[f"{kind}_ckpt"] = next((run / "run" / "checkpoints").glob("epoch_*.ckpt"))
     state = torch.load(files["signal_ckpt"], map_location="cpu", weights_only=True)
     torch.save({k.removeprefix("net."): v for k, v in state["state_dict"].items()},

@@ -104,8 +104,13 @@ def test_what_cannot_be_cross_validated_is_refused_before_any_work(tmp_path: Pat
         train(cfg)
     cfg = _cv_config(tmp_path)
     with open_dict(cfg):
-        cfg.resume = True
-    with pytest.raises(ConfigError, match="not a cross-validation"):
+        cfg.resume = True  # a cross-validation resumes, but only one that started there
+    with pytest.raises(ConfigError, match="resume=true: no cross-validation to resume in"):
+        train(cfg)
+    cfg = _cv_config(tmp_path)
+    with open_dict(cfg):
+        cfg.ckpt_path = "some.ckpt"
+    with pytest.raises(ConfigError, match="ckpt_path starts one fit from a checkpoint"):
         train(cfg)
     assert not list(tmp_path.glob("**/mlflow.db"))  # nothing was tracked
 

@@ -1,4 +1,6 @@
-"""Every experiment config composes and trains one fast_dev_run step on the shared raw records."""
+"""Every experiment config trains for real as configured (its callbacks, checkpointing, early
+stopping or fixed epochs, the MLflow logger, the report): one short epoch on the shared raw
+records."""
 
 from __future__ import annotations
 
@@ -13,7 +15,12 @@ from tests.conftest import all_runs, shared_path
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 # images: a few per class, small batches; ImageNet weights cannot be downloaded here
 IMAGES = ["data.max_per_class=8", "data.batch_size=4", "data.num_workers=0",
-          "model.pretrained=null", "data.source.beats.download=false"]
+          "model.pretrained=null", "data.source.beats.download=false",
+          "data.source.beats.records=[100,119,208,213,217]"]
+# small amounts, nothing turned off: one epoch of a few batches, a quicker preparation
+SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=3",
+         "trainer.limit_val_batches=2", "report.bootstrap_rounds=50",
+         "report.attribution_per_group=1", "report.attribution_steps=4"]
 
 
 def test_the_seed_studies_are_all_there() -> None:
@@ -22,24 +29,39 @@ def test_the_seed_studies_are_all_there() -> None:
                            "crossdb", "inception_ecg_images"]
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs_one_fast_dev_run_step(name: str, compose_train, tmp_path: Path) -> None:
+# AlexNet at 227 px and Inception v3 at 299 px take ~20-30 s each on 2 cores: `-m slow`
+SLOW = {"alexnet_spectrogram", "inception_ecg_images"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in EXPERIMENTS])
+def test_experiment_trains_an_epoch_as_configured(name: str, compose_train,
+                                                  tmp_path: Path) -> None:
     mitdb = shared_path("mitdb")
-    cfg = compose_train([f"experiment={name}", "trainer.fast_dev_run=true",
-                         f"paths.mitdb_dir={mitdb}", "report.bootstrap_rounds=0",
-                         "report.log_model=false"])
-    overrides = IMAGES if cfg.model.input_kind == "image" else [
-        "data.download=false", "data.records=[100,119,208,213,217]"]  # a quicker preparation
-    cfg = compose_train([f"experiment={name}", "trainer.fast_dev_run=true",
-                         f"paths.mitdb_dir={mitdb}", "report.bootstrap_rounds=0",
-                         "report.log_model=false", "report.attribution_per_group=0",
+    cfg = compose_train([f"experiment={name}", f"paths.mitdb_dir={mitdb}"])
+    image = cfg.model.input_kind == "image"
+    overrides = IMAGES if image else ["data.download=false",
+                                      "data.records=[100,119,208,213,217]"]
+    if cfg.get("also_test"):  # the other database's first records, read from the shared copy
+        overrides += [f"also_test.svdb.dir={shared_path('svdb')}",
+                      "also_test.svdb.download=false", "also_test.svdb.records=[800,801]"]
+    cfg = compose_train([f"experiment={name}", f"paths.mitdb_dir={mitdb}", *SHORT,
                          *overrides])
     assert cfg.experiment_name == name.replace("_", "-")
     metrics = train(cfg)
     assert "test/acc" in metrics
     runs = all_runs(tmp_path)
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert runs[0].data.tags["choice.experiment"] == name
+    [run] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["choice.experiment"] == name
+    assert run.data.tags["model.checkpoint"].endswith(".ckpt")  # the logged model's
+    checkpoints = sorted(p.name for p in (Path(cfg.paths.run_dir) / "checkpoints").iterdir())
+    assert checkpoints == ["epoch_000.ckpt", "last.ckpt"]
+    assert (Path(cfg.paths.run_dir) / "report").is_dir()
     if name == "cnn1d_balanced_noise_transfer":
         assert {"noise/acc_clean", "noise/acc_snr0db"} <= set(metrics)
-        assert runs[0].data.params["data.balance_to"] == "16000"
+        assert run.data.params["data.balance_to"] == "16000"
+    if name == "crossdb":  # the other database as a child run, and in the table
+        [child] = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert child.data.tags["also_test"] == "svdb" and child.info.status == "FINISHED"
+        assert "also_test/svdb/acc" in metrics

@@ -109,7 +109,6 @@ def test_train_returns_and_logs_the_best_epoch_of_the_optimised_metric(
     cfg = compose_config(tmp_path, [
         "data=beats_csv", f"data.train_file={csv}", "trainer.max_epochs=3",
         "report.log_model=false", "report.bootstrap_rounds=0", "report.attribution_per_group=0",
-        "callbacks.progress_bar=null",
         "optimized_metric=val/loss", "optimized_mode=min", "optimizer.lr=0.03"])
     metrics = train(cfg)
     client = mlflow.MlflowClient(uri)

@@ -82,3 +82,33 @@ def test_gradual_unfreezes_the_backbone_at_the_given_epoch(small_csv, tmp_path) 
 def test_grid_search_config_sweeps_unfrozen_layers(compose_train) -> None:
     cfg = compose_train(["hparams_search=grid", "data=beats_csv", "data.train_file=x.csv"])
     assert cfg.freeze._target_.endswith("FreezeAllButLastN")
+
+
+def test_gradual_unfreezing_through_train_as_configured(compose_train, small_csv,
+                                                        tmp_path) -> None:
+    """freeze=gradual as a user runs it (train(), the MLflow logger and its learning-rate
+    monitor, checkpoints): epoch 1 trains the head alone, at epoch 2 the backbone joins
+    with a tenth of the rate, and a checkpoint holds both parameter groups."""
+    import mlflow
+
+    from ecg_experiments.tasks.train import train
+    from tests.conftest import FAST, all_runs
+
+    cfg = compose_train(["data=beats_csv", f"data.train_file={small_csv}", *FAST,
+                         "freeze=gradual", "freeze.unfreeze_at_epoch=1",
+                         "trainer.max_epochs=3", "optimizer.lr=2e-3"])
+    train(cfg)
+    [run] = all_runs(tmp_path)
+    assert int(run.data.params["model.params_trainable"]) == HEAD  # the head only at first
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rates = {key: [m.value for m in client.get_metric_history(run.info.run_id, key)]
+             for key in ("lr-Adam", "lr-Adam/pg1", "lr-Adam/pg2")}
+    # one group (the head) first, two once the backbone joined (Lightning's monitor names)
+    assert rates["lr-Adam"] and rates["lr-Adam/pg2"]
+    assert rates["lr-Adam"] + rates["lr-Adam/pg1"] == pytest.approx(
+        [2e-3] * (len(rates["lr-Adam"]) + len(rates["lr-Adam/pg1"])))
+    assert rates["lr-Adam/pg2"] == pytest.approx([2e-4] * len(rates["lr-Adam/pg2"]))
+    saved = torch.load(cfg.paths.run_dir + "/checkpoints/last.ckpt", weights_only=False)
+    groups = saved["optimizer_states"][0]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([2e-3, 2e-4])
+    assert sum(len(g["params"]) for g in groups) == len(saved["state_dict"])

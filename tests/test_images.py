@@ -153,11 +153,22 @@ def test_grey_and_bmp_jpeg_images_become_rgb_tensors(tmp_path: Path) -> None:
     grey = next(i for i, p in enumerate(dm.paths("train")) if p.name.startswith("g"))
     x, _ = dm.datasets["train"][grey]
     assert x.shape == (3, 16, 16)
-    # a grey image repeated into three equal channels (the eval transform has no augmentation)
-    x_eval = dm.datasets["test"][0][0]
-    assert x_eval.shape == (3, 16, 16)
-    pixels = Image.open(root / "grey" / "g0.png").convert("RGB")
-    assert len(set(pixels.getpixel((3, 3)))) == 1
+    # the loaded tensors (no augmentation outside training, images at their own size): a grey
+    # file becomes three equal channels holding its normalised pixels, colour files keep
+    # three different ones
+    same_size = _module(root, val_fraction=0.2, test_fraction=0.2, image_size=12)
+    same_size.setup("fit")
+    for split in ("val", "test"):
+        for i, path in enumerate(same_size.paths(split)):
+            x_eval = same_size.datasets[split][i][0]
+            assert x_eval.shape == (3, 12, 12)
+            if path.name.startswith("g"):
+                expected = (np.asarray(Image.open(path), dtype=np.float32) / 255 - 0.5) / 0.5
+                for channel in x_eval:
+                    np.testing.assert_allclose(channel.numpy(), expected, atol=1e-6)
+            else:
+                assert not torch.equal(x_eval[0], x_eval[1])
+    assert {p.name[0] for s in ("val", "test") for p in same_size.paths(s)} >= {"g", "c", "j"}
     single = _module(root, channels=1, mean=[0.5], std=[0.5])
     single.setup("fit")
     assert single.datasets["train"][0][0].shape == (1, 16, 16)
@@ -203,12 +214,27 @@ def test_train_transform_rotates_eval_transform_does_not() -> None:
                      "ToDtype", "Normalize"]
 
 
-def test_split_frame_is_what_training_saves(tmp_path: Path) -> None:
+def test_split_frame_is_what_training_saves(tmp_path: Path, compose_train) -> None:
+    """The run folder's split.csv (and its MLflow artifact) is the DataModule's split table:
+    every file, its split, label, content hash and duplicate flag."""
+    import mlflow
+
+    from ecg_experiments.config import build
+    from ecg_experiments.tasks.train import train
+    from tests.conftest import FAST, all_runs
+
     root = _folder(tmp_path / "images", {"a": 20, "b": 20})
-    dm = _module(root)
+    cfg = compose_train(["data=image_folder", f"data.root={root}", "model=cnn2d",
+                         "model.input_size=16", "data.num_workers=0", *FAST,
+                         "trainer.max_epochs=1"])
+    train(cfg)
+    saved = pd.read_csv(Path(cfg.paths.run_dir) / "split.csv")
+    dm = build(cfg.data)
     dm.setup("fit")
-    path = tmp_path / "split.csv"
-    dm.split_frame.to_csv(path, index=False)
-    saved = pd.read_csv(path)
+    pd.testing.assert_frame_equal(saved, dm.split_frame.reset_index(drop=True),
+                                  check_dtype=False)
+    [run] = all_runs(tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "split.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert list(saved.columns) == ["index", "split", "path", "label", "sha256", "duplicate"]
     assert saved.groupby("split").size().to_dict() == {"test": 6, "train": 28, "val": 6}

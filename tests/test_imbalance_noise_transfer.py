@@ -60,11 +60,18 @@ def test_balancing_changes_the_training_split_only(imbalanced_csv, mode, expecte
         labels = dm.labels("train")
         assert len(np.unique(train[labels == 0], axis=0)) == 50
         assert len(np.unique(train[labels == 3], axis=0)) == 6
-    if mode == "sampler":  # drawn classes come out about equally often
-        drawn = np.concatenate([y.numpy() for _, y in dm.train_dataloader()]
-                               + [y.numpy() for _ in range(9) for _, y in dm.train_dataloader()])
+    if mode == "sampler":  # drawn classes come out about equally often, anew each epoch
+        loader = dm.train_dataloader()
+        epochs = []
+        for epoch in range(10):
+            loader.sampler.set_epoch(epoch)
+            epochs.append(np.concatenate([y.numpy() for _, y in loader]))
+        drawn = np.concatenate(epochs)
         shares = np.bincount(drawn, minlength=5) / len(drawn)
         assert np.all(np.abs(shares - 0.2) < 0.05), shares
+        assert not np.array_equal(epochs[0], epochs[1])
+        loader.sampler.set_epoch(0)  # an epoch's draw depends on the epoch alone (resume)
+        assert np.array_equal(np.concatenate([y.numpy() for _, y in loader]), epochs[0])
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape[1:] == (1, 187)
 
@@ -227,7 +234,7 @@ def test_fine_tune_mitbih_model_on_ptb_through_a_run_id(small_csv, tmp_path, com
     cfg = compose_train(["data=beats_csv", f"data.train_file={ptb}",
                          "data.class_names=[normal,abnormal]",
                          f"model.init_from={first.info.run_id}", "freeze=last_n", "freeze.n=3",
-                         *FAST])
+                         f"paths.run_dir={tmp_path / 'tuned'}", *FAST])
     metrics = train(cfg)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               order_by=["attributes.start_time DESC"])
@@ -236,3 +243,22 @@ def test_fine_tune_mitbih_model_on_ptb_through_a_run_id(small_csv, tmp_path, com
     assert tuned.data.tags["init_from.reinitialised"].startswith("head.")
     assert int(tuned.data.tags["init_from.loaded_tensors"]) > 10
     assert "test/acc" in metrics
+    # freezing applied: every layer but the last 3 holds the source run's weights after
+    # training, the last ones moved, and the run counts only theirs as trainable
+    from ecg_experiments.models.checkpoint import checkpoint_from_run, load_trained_model
+    from ecg_experiments.models.freezing import FreezeAllButLastN
+
+    source = load_trained_model(checkpoint_from_run(
+        first.info.run_id, cfg.logger.tracking_uri, str(tmp_path / "source"))).net.state_dict()
+    [best] = (tmp_path / "tuned" / "checkpoints").glob("epoch_*.ckpt")
+    net = load_trained_model(best).net
+    FreezeAllButLastN(3).apply(net)
+    frozen = [n for n, p in net.named_parameters() if not p.requires_grad]
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert len(frozen) >= 4 and len(trainable) == 6  # 3 layers: weight and bias each
+    tuned_weights = net.state_dict()
+    assert all(torch.equal(tuned_weights[n], source[n]) for n in frozen)
+    moved = [n for n in trainable if n in source and tuned_weights[n].shape == source[n].shape]
+    assert moved and all(not torch.equal(tuned_weights[n], source[n]) for n in moved)
+    assert int(tuned.data.params["model.params_trainable"]) == sum(
+        p.numel() for p in net.parameters() if p.requires_grad)

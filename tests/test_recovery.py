@@ -129,7 +129,11 @@ MATRIX_DATA = {
                "data.batch_size=8", "data.num_workers=2"],
 }
 MATRIX_COMMON = ["trainer=cpu", "trainer.deterministic=true", "trainer.max_epochs=2",
-                 "callbacks.early_stopping.patience=10"]
+                 "callbacks.early_stopping.patience=10", "scheduler=cosine"]
+# what must come out as in the uninterrupted run, besides the test metrics: every epoch's
+# training and validation figures and learning rate
+HISTORIES = ("train/loss", "train/acc", "train/f1_macro", "val/loss", "val/f1_macro",
+             "lr-Adam")
 SLURM = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "ecg", "SLURM_NTASKS": "1",
          "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
          "SLURM_NODELIST": "localhost"}
@@ -145,6 +149,20 @@ def _test_metrics(outputs: Path) -> dict[str, float]:
     return {k: v for k, v in run.data.metrics.items() if k.startswith("test/")}
 
 
+def _histories(outputs: Path) -> dict[str, dict[int, float]]:
+    """{metric: {step: value}} of the run (a step logged again after a resume, with the
+    same value, counts once; another value would show)."""
+    [run] = all_runs(outputs)
+    client = mlflow.MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
+    result = {}
+    for key in HISTORIES:
+        values: dict[int, set[float]] = {}
+        for m in client.get_metric_history(run.info.run_id, key):
+            values.setdefault(m.step, set()).add(m.value)
+        result[key] = {step: min(v) if len(v) == 1 else sorted(v) for step, v in values.items()}
+    return result
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:
     """The test metrics of an uninterrupted run per kind of data (same seed, same options),
@@ -158,6 +176,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[st
         code, log = finish(job, outputs / "run.log")
         assert code == 0, log[-3000:]
         metrics[data] = _test_metrics(outputs)
+        metrics[f"{data} histories"] = _histories(outputs)
     metrics["prepared"] = root / "prepared"
     return metrics
 
@@ -224,6 +243,7 @@ def test_recovery_matrix(stop: str, progress: str, data: str, uninterrupted: dic
     client = mlflow.MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
     val_steps = {m.step for m in client.get_metric_history(run.info.run_id, "val/loss")}
     assert len(val_steps) == 2  # one validation per epoch, none lost or doubled
+    assert _histories(outputs) == uninterrupted[f"{data} histories"]
     assert _test_metrics(outputs) == uninterrupted[data]
 
 
@@ -306,3 +326,36 @@ def test_a_requeued_cross_validation_continues_its_parent_run(tmp_path: Path) ->
     code, second = finish(rerun, tmp_path / "b.log")
     assert code == 0, second[-3000:]
     _check_resumed_cv(outputs, run_dir, before, second)
+
+
+@pytest.mark.slow  # three training processes (~70 s)
+def test_a_resumed_run_keeps_the_learning_rate_schedule_and_the_epoch_metrics(
+        small_csv: Path, tmp_path: Path) -> None:
+    """A cosine schedule over 3 epochs, stopped by SIGTERM inside epoch 2: the resumed run
+    steps its schedule at that epoch's end as the uninterrupted one does, and every epoch's
+    training and validation metrics and the test metrics come out the same."""
+    common = ["data=beats_csv", f"data.train_file={small_csv}", "data.batch_size=16",
+              "trainer=cpu", "trainer.deterministic=true", "trainer.max_epochs=3",
+              "scheduler=cosine", "report.bootstrap_rounds=50",
+              "report.attribution_per_group=1"]
+    histories = {}
+    for name, extra in (("reference", []), ("stopped", [
+            "+callbacks.stop._target_=tests.pause.StopOnce", "+callbacks.stop.how=sigterm",
+            f"+callbacks.stop.marker={tmp_path / 'stop.marker'}", "+callbacks.stop.batch=2"])):
+        outputs, run_dir = tmp_path / name, tmp_path / name / "run"
+        args = [*common, *extra, f"hydra.run.dir={run_dir}"]
+        code, log = finish(start_job(args, outputs, tmp_path / f"{name}.log"),
+                           tmp_path / f"{name}.log")
+        if name == "stopped":
+            assert code == 143, log[-3000:]
+            code, log = finish(start_job(resume_command(log), outputs, tmp_path / "b.log"),
+                               tmp_path / "b.log")
+        assert code == 0, log[-3000:]
+        [run] = all_runs(outputs)
+        client = mlflow.MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
+        histories[name] = {
+            key: [round(m.value, 7) for m in client.get_metric_history(run.info.run_id, key)]
+            for key in ("lr-Adam", "train/loss", "train/acc", "val/loss", "val/f1_macro")}
+        histories[name]["test"] = _test_metrics(outputs)
+    assert len(histories["reference"]["lr-Adam"]) == 3
+    assert histories["stopped"] == histories["reference"]

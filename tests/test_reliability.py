@@ -20,8 +20,7 @@ from tests.conftest import FAST, all_runs
 MITBIH = ["data.records=[100,105,119,208,217]", "data.download=false", "trainer=cpu",
           "trainer.deterministic=true", "trainer.max_epochs=3", "trainer.limit_train_batches=60",
           "data.batch_size=32", "report.log_model=false", "report.bootstrap_rounds=0",
-          "report.attribution_per_group=0",
-          "callbacks.progress_bar=null", "callbacks.early_stopping.patience=10"]
+          "report.attribution_per_group=0", "callbacks.early_stopping.patience=10"]
 
 
 def _default_sigint() -> None:
@@ -109,18 +108,29 @@ def test_killed_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_path
 def test_ctrl_c_marks_the_run_killed_keeps_the_checkpoint_and_says_how_to_resume(
     tmp_path,
 ) -> None:
+    """Ctrl-C stops wherever Python is (mid-step, unlike SIGTERM): the last checkpoint
+    written before it (epoch 1's) stays as it was, to resume from (tests/test_recovery.py
+    resumes every kind of stop)."""
+    import torch
+
     from tests.conftest import shared_path
 
     outputs, run_dir = tmp_path / "out", tmp_path / "out" / "run"
-    process = _start([*MITBIH, "trainer.max_epochs=20"], outputs, run_dir, shared_path("mitdb"))
-    _wait_for(run_dir / "checkpoints" / "last.ckpt", process)
-    time.sleep(0.3)
+    args = [*MITBIH, "+callbacks.pause._target_=tests.pause.PauseEachBatch",
+            "+callbacks.pause.seconds=0.02"]
+    process = _start(args, outputs, run_dir, shared_path("mitdb"))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    _wait_for(last, process)
+    time.sleep(0.5)  # inside epoch 2
+    before = torch.load(last, weights_only=False, map_location="cpu")
     process.send_signal(signal.SIGINT)
     code, _, err = _finish(process, timeout=120)
     assert code != 0, err[-2000:]
     [run] = all_runs(outputs)
     assert run.info.status == "KILLED"
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    after = torch.load(last, weights_only=False, map_location="cpu")
+    assert (after["epoch"], after["global_step"]) == (before["epoch"], before["global_step"])
+    assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
     assert f"hydra.run.dir={run_dir} resume=true" in err
     assert "Traceback" not in err
 
@@ -239,7 +249,6 @@ def test_slurm_warning_requeue_and_rerun_continue_the_same_run(small_csv, tmp_pa
             f"data.train_file={small_csv}", "data.batch_size=16", "data.num_workers=2",
             "trainer=cpu", "trainer.max_epochs=3", "report.log_model=false",
             "report.bootstrap_rounds=0", "report.attribution_per_group=0",
-            "callbacks.progress_bar=null", "callbacks.early_stopping=null",
             "+callbacks.pause._target_=tests.pause.PauseEachBatch",
             "+callbacks.pause.seconds=0.2", f"paths.outputs_dir={outputs}"]
 

@@ -15,8 +15,11 @@ from tests.conftest import FAST, all_runs, run_cli
 
 
 def test_grid_multirun_is_grouped_under_a_parent_run(small_csv: Path, tmp_path: Path) -> None:
+    # the jobs are compared by their best epoch in the metric's direction: the highest
+    # validation loss is an early epoch's, never the last one's
     run_cli(["-m", "data=beats_csv", f"data.train_file={small_csv}", "optimizer=adam,sgdm",
-             "optimizer.lr=1e-3,1e-4", *FAST], tmp_path)
+             "optimizer.lr=1e-3,1e-4", *FAST, "optimized_metric=val/loss",
+             "optimized_mode=max"], tmp_path)
     runs = all_runs(tmp_path)
     parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -28,9 +31,11 @@ def test_grid_multirun_is_grouped_under_a_parent_run(small_csv: Path, tmp_path: 
     combos = {(r.data.tags["choice.optimizer"], r.data.params["optimizer.lr"]) for r in children}
     assert combos == {("adam", "0.001"), ("adam", "0.0001"), ("sgdm", "0.001"),
                       ("sgdm", "0.0001")}
-    best = max(children, key=lambda r: r.data.metrics["val/f1_macro"])
+    # each job's value is its best epoch (best/val/loss, the highest here), not its last
+    best = max(children, key=lambda r: r.data.metrics["best/val/loss"])
+    assert best.data.metrics["best/val/loss"] > best.data.metrics["val/loss"]
     assert parent.data.tags["sweep.best_run_id"] == best.info.run_id
-    assert parent.data.metrics["best/val/f1_macro"] == best.data.metrics["val/f1_macro"]
+    assert parent.data.metrics["best/val/loss"] == best.data.metrics["best/val/loss"]
 
 
 def _study(tmp: Path, name: str) -> optuna.Study:
@@ -112,10 +117,23 @@ def test_optimized_metric_must_be_a_validation_metric(compose_train) -> None:
         validate_train_config(cfg)
 
 
-def test_train_returns_the_best_validation_value(compose_train, small_csv) -> None:
+def test_train_returns_the_best_validation_value(compose_train, small_csv,
+                                                 tmp_path: Path) -> None:
+    """The best epoch's value of the monitored and of the optimised metric in its own
+    direction: the highest validation loss (optimized_mode=max, the first epochs') is not
+    the last epoch's, so a run that returned its last value would fail here."""
     metrics = train(compose_train(["data=beats_csv", f"data.train_file={small_csv}", *FAST,
-                                   "logger=none"]))
-    assert 0 <= metrics["val/f1_macro"] <= 1
+                                   "trainer.max_epochs=4", "optimized_metric=val/loss",
+                                   "optimized_mode=max"]))
+    [run] = all_runs(tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "val/loss")]
+    scores = [m.value for m in client.get_metric_history(run.info.run_id, "val/f1_macro")]
+    assert len(losses) == len(scores) == 4
+    assert max(losses) != losses[-1]
+    assert metrics["val/loss"] == pytest.approx(max(losses))
+    assert metrics["val/f1_macro"] == pytest.approx(max(scores))
+    assert run.data.metrics["best/val/loss"] == pytest.approx(max(losses))
 
 
 def test_the_train_task_pickles_for_process_launchers() -> None:

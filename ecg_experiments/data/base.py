@@ -42,10 +42,13 @@ class EpochSeededSampler(DistributedSampler):
     shuffle, or with `weights` (data.balance=sampler) a weighted draw with replacement from a
     generator seeded by seed + epoch; under DDP each process takes its share. A run resumed
     from any checkpoint draws its epoch's order again (the stateful loader then skips the
-    batches done). With `tag_epoch` it yields `(index, epoch)` pairs for SeededSamples.
+    batches done). With `tag_epoch` it yields keys for SeededSamples.
 
     Written here because torch's WeightedRandomSampler draws from one running generator,
     whose position no checkpoint holds, and no sampler passes the epoch on to the dataset.
+    The pairs carry the position in the epoch's whole order too (`(index, epoch, position)`):
+    a sample drawn several times in an epoch (balance=sampler) is augmented differently
+    each time.
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int,
@@ -64,16 +67,19 @@ class EpochSeededSampler(DistributedSampler):
             drawn = torch.multinomial(self.weights, self.total_size, replacement=True,
                                       generator=generator).tolist()
             indices = drawn[self.rank:self.total_size:self.num_replicas]
-        if self.tag_epoch:
-            return iter([(index, self.epoch) for index in indices])
+        if self.tag_epoch:  # this rank's share is every num_replicas-th of the whole order
+            return iter([(index, self.epoch, self.rank + k * self.num_replicas)
+                         for k, index in enumerate(indices)])
         return iter(indices)
 
 
 class SeededSamples(Dataset):
-    """A dataset read with `(index, epoch)` keys (EpochSeededSampler): the random draws made
-    while reading a sample (image augmentation in the loader workers) come from torch's
-    generator seeded by (seed, epoch, index), so they are the same whichever worker reads
-    the sample and after any resume; the worker's own generator is left as it was.
+    """A dataset read with `(index, epoch, position)` keys (EpochSeededSampler): the random
+    draws made while reading a sample (image augmentation in the loader workers) come from
+    torch's generator seeded by (seed, epoch, position in the epoch's order), so they are the
+    same whichever worker reads the sample and after any resume; the worker's own generator
+    is left as it was. A plain index (a loader Lightning made itself, e.g. overfit_batches)
+    reads the sample unseeded.
 
     Written here because loader workers' generators run on from sample to sample and
     neither torch's nor torchdata's loader keeps their states in a checkpoint.
@@ -85,9 +91,11 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, epoch = key
-        state = np.random.SeedSequence([self.seed, int(epoch), int(index)]).generate_state(2)
+    def __getitem__(self, key: tuple[int, int, int] | int) -> Any:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, epoch, position = key
+        state = np.random.SeedSequence([self.seed, int(epoch), int(position)]).generate_state(2)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(state[0]) << 32 | int(state[1]))
             return self.dataset[index]

@@ -69,6 +69,11 @@ class ClassifierModule(pl.LightningModule):
         self.val_metrics = classification_metrics(self.class_names, "val")
         self.test_metrics = classification_metrics(self.class_names, "test")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # the training epoch's running sums go into checkpoints: an epoch resumed from a
+        # step inside it (or from its end, before its metrics were computed) reports the
+        # whole epoch, as an uninterrupted run does
+        self.train_metrics.persistent(True)
+        self.train_loss.persistent(True)
         self.history: dict[int, dict[str, float]] = {}
         self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.test_targets: torch.Tensor | None = None
@@ -189,4 +194,10 @@ class ClassifierModule(pl.LightningModule):
             checkpoint["ecg_input"] = self.input_spec.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # checkpoints written before the training sums were kept: resume with empty ones
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            for key, value in self.state_dict().items():
+                if key.startswith(("train_metrics.", "train_loss.")):
+                    state.setdefault(key, value)
         self.history = {int(row["epoch"]): dict(row) for row in checkpoint.get("ecg_history", [])}

@@ -134,7 +134,8 @@ def evaluate_model(cfg: DictConfig, model: TrainedModel, data_cfg: DictConfig,
     module = ClassifierModule(net=model.net, class_names=model.class_names,
                               config=to_container(model.config), input_spec=model.input)
     # lines in a log as training writes them (a bar on a terminal)
-    trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[progress_bar()],
+    bar = [progress_bar()] if cfg.trainer.get("enable_progress_bar", True) else []
+    trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=bar,
                           enable_checkpointing=False)
     run_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = datamodule.fingerprint()

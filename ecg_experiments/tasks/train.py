@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,8 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.run_dir)
     resume_from, resume_run_id = _resume_point(cfg, run_dir)
+    if resume_from:  # it writes into its own checkpoint folder again: no clash to warn of
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not")
     # the logger first: an unreachable tracking server fails before any data work
     logger = None
     if cfg.get("logger"):
@@ -353,8 +356,12 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
     if tracked is not None and best:
         tracked.log_metrics({f"best/{name}": value for name, value in best.items()})
     if cfg.get("test"):
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None,
-                               verbose=False)
+        try:
+            results = trainer.test(module, datamodule=datamodule,
+                                   ckpt_path=best_path or None, verbose=False)
+        except SIGTERMException as err:  # the fit is complete: resume=true tests it again
+            raise _interrupted(tracked, "Terminated (SIGTERM) while testing",
+                               TERMINATED_EXIT_CODE) from err
         metrics.update({k: float(v) for k, v in results[0].items()})
         if trainer.is_global_zero:
             metrics.update(report_test_results(
