@@ -118,6 +118,31 @@ class FoldFolder:
         return id_file.read_text().strip() if id_file.is_file() else None
 
 
+CV_CONFIG = "cv_config.yaml"
+# what may differ between a cross-validation and its resume
+RESUME_KEYS = ("resume", "ckpt_path")
+
+
+def check_same_configuration(cfg: DictConfig, run_dir: Path) -> None:
+    """Before a resume: the configuration must be the one the stopped cross-validation ran
+    (saved as cv_config.yaml when it started), or its folds would mix two experiments."""
+    from ecg_experiments.tracking import flatten_config
+
+    saved_file = run_dir / CV_CONFIG
+    if not saved_file.is_file():
+        return
+    saved = flatten_config(OmegaConf.load(saved_file))
+    now = flatten_config(cfg)
+    differ = sorted(k for k in set(saved) | set(now)
+                    if saved.get(k) != now.get(k) and k.split(".")[0] not in RESUME_KEYS)
+    if differ:
+        shown = ", ".join(f"{k} ({saved.get(k)} -> {now.get(k)})" for k in differ[:5])
+        raise ConfigError(f"resume of the cross-validation in {run_dir}: its configuration "
+                          f"differs from the one it started with: {shown}"
+                          + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+                          + "; resume with the printed command, or start a new run")
+
+
 def _resuming(cfg: DictConfig, run_dir: Path) -> bool:
     """`resume=true`, or a Slurm job requeued into the folder of a cross-validation that
     had started (its parent run or a fold folder is there)."""
@@ -183,7 +208,11 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
     folds = check_cross_validation(cfg)
     run_dir = Path(cfg.paths.run_dir)
     resuming = _resuming(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resuming:
+        check_same_configuration(cfg, run_dir)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / CV_CONFIG, resolve=True)
     parent = None
     if cfg.get("logger"):
         name = cfg.logger.get("run_name") or default_run_name() or "run"

@@ -68,6 +68,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
         [sys.executable, "-m", "ecg_experiments.train", "data=beats_csv",
          f"data.train_file={shared_path('kachuee_samples', 'mitbih_train_sample.csv')}",
          "trainer.max_epochs=1", "logger=none", f"paths.outputs_dir={out}",
+         # only a checkpoint is needed here, as input for the bad-input cases
          f"hydra.run.dir={out / 'run'}", "report.enabled=false"],
         cwd=PROJECT_ROOT, check=True, capture_output=True, timeout=300,
     )

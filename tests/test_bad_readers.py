@@ -84,6 +84,7 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                        ("image", ["model=cnn2d", "data=image_folder", "data.num_workers=0",
                                   f"data.root={files['images']}"])):
         run = root / f"train-{kind}"
+        # checkpoints to spoil for the reader tests: no report needed
         _entry("train")(compose_config(run, [*args, "trainer.max_epochs=1", "logger=none",
                                              "report.enabled=false"]))
         files[f"{kind}_ckpt"] = next((run / "run" / "checkpoints").glob("epoch_*.ckpt"))

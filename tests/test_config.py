@@ -75,6 +75,7 @@ def test_no_validation_split_refuses_what_would_monitor_it(compose_train) -> Non
         validate_train_config(compose_train([
             *base, "scheduler=plateau", "callbacks.model_checkpoint.monitor=null",
             "callbacks.early_stopping=null"]))
+    # turned off on purpose: a fixed-epoch final fit is what this test is about
     fixed = ["callbacks.model_checkpoint.monitor=null", "callbacks.early_stopping=null"]
     validate_train_config(compose_train([*base, *fixed]))
     validate_train_config(compose_train([*base, "cv.folds=5"]))  # CV makes its own folds

@@ -69,7 +69,9 @@ def test_a_run_into_a_log_writes_a_line_per_epoch_and_no_third_party_warnings(
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2
     assert re.search(r"test: \d+ batches in \d+ s", output)
-    assert "Test metrics per class" in output  # the final table stays
+    assert "Test metrics per class" in result.stdout  # the final table stays
+    assert run.info.status == "FINISHED" and "test/f1_macro" in run.data.metrics
+    assert list((tmp_path / "runs").glob("*/*/checkpoints/last.ckpt"))  # runs/DATE/TIME
     # no third-party warning: no line pointing into an installed package, no tip
     third_party = [line for line in output.splitlines()
                    if "site-packages" in line or "Warning:" in line or "Tip:" in line]
@@ -106,6 +108,7 @@ def test_evaluate_and_also_test_write_lines_into_a_log(tmp_path: Path) -> None:
         assert not re.search(r"it/s|Testing DataLoader|(Epoch \d+/\d+|Testing) +━", output)
 
 
+@pytest.mark.slow  # a CLI process for the switch; the quiet default is checked above
 def test_all_warnings_come_back_with_the_switch(small_csv: Path, tmp_path: Path) -> None:
     result = _train(["data=beats_csv", f"data.train_file={small_csv}", "trainer.fast_dev_run=1",
                      "report.log_model=false", "report.bootstrap_rounds=0",

@@ -74,7 +74,7 @@ def resume_command(log: str) -> list[str]:
 
 # The reported case: seven records, loader workers, early stopping that will not stop
 ISSUE_ARGS = ["data.records=[100,101,103,105,106,108,109]", "data.num_workers=2",
-              "trainer.max_epochs=3", "callbacks.early_stopping.patience=100",
+              "trainer.max_epochs=2", "callbacks.early_stopping.patience=100",
               "data.download=false", "trainer.limit_train_batches=30"]
 
 
@@ -111,7 +111,7 @@ def test_sigterm_to_the_job_inside_an_epoch_then_the_printed_resume_finishes_the
     assert "Traceback" not in second and "site-packages" not in second, second[-3000:]
     [run] = all_runs(outputs)
     assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
-    assert re.search(r"epoch 3/3  train loss [\d.]+  val loss", second), second[-3000:]
+    assert re.search(r"epoch 2/2  train loss [\d.]+  val loss", second), second[-3000:]
     assert "test/acc" in run.data.metrics
 
 
@@ -297,12 +297,17 @@ def _check_resumed_cv(outputs: Path, run_dir: Path, before: tuple, log: str) -> 
         sum(f.data.metrics["best/val/f1_macro"] for f in folds) / 3)
 
 
+@pytest.mark.slow  # two processes of a 3-fold cross-validation (~45 s)
 def test_a_cross_validation_stopped_in_its_second_fold_resumes_with_the_printed_command(
         tmp_path: Path) -> None:
     args, outputs, run_dir, first = _stopped_cv(tmp_path, "sigterm")
     printed = resume_command(first)
     assert f"hydra.run.dir={run_dir}" in printed and "resume=true" in printed  # the CV's
     before = _cv_runs(outputs)
+    # another configuration would mix two experiments' folds: refused before any work
+    code, refused = finish(start_job([*printed, "trainer.max_epochs=3"], outputs,
+                                     tmp_path / "refused.log"), tmp_path / "refused.log")
+    assert code == 2 and "trainer.max_epochs (2 -> 3)" in refused, refused[-2000:]
     resumed = start_job(printed, outputs, tmp_path / "b.log")
     code, second = finish(resumed, tmp_path / "b.log")
     assert code == 0, second[-3000:]

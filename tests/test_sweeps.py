@@ -18,19 +18,18 @@ def test_grid_multirun_is_grouped_under_a_parent_run(small_csv: Path, tmp_path: 
     # the jobs are compared by their best epoch in the metric's direction: the highest
     # validation loss is an early epoch's, never the last one's
     run_cli(["-m", "data=beats_csv", f"data.train_file={small_csv}", "optimizer=adam,sgdm",
-             "optimizer.lr=1e-3,1e-4", *FAST, "optimized_metric=val/loss",
-             "optimized_mode=max"], tmp_path)
+             "optimizer.lr=1e-3", *FAST, "optimized_metric=val/loss", "optimized_mode=max"],
+            tmp_path)
     runs = all_runs(tmp_path)
     parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 4
+    assert len(parents) == 1 and len(children) == 2
     parent = parents[0]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert {r.data.tags["sweep.id"] for r in children} == {parent.data.tags["sweep.id"]}
     combos = {(r.data.tags["choice.optimizer"], r.data.params["optimizer.lr"]) for r in children}
-    assert combos == {("adam", "0.001"), ("adam", "0.0001"), ("sgdm", "0.001"),
-                      ("sgdm", "0.0001")}
+    assert combos == {("adam", "0.001"), ("sgdm", "0.001")}
     # each job's value is its best epoch (best/val/loss, the highest here), not its last
     best = max(children, key=lambda r: r.data.metrics["best/val/loss"])
     assert best.data.metrics["best/val/loss"] > best.data.metrics["val/loss"]

@@ -80,6 +80,7 @@ def test_sgdm_plateau_without_tracking(compose_train, kachuee_mitbih_csv: Path, 
     assert plateau["mode"] == "max" and plateau["num_bad_epochs"] == 0  # reset at each cut
 
 
+@pytest.mark.slow  # a CLI process; test_everyday_use's run into a log checks the same
 def test_cli_records_one_finished_run(kachuee_mitbih_csv: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = subprocess.run(
