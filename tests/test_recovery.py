@@ -139,6 +139,17 @@ SLURM = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "ecg", "SLURM_NTASKS": "1",
          "SLURM_NODELIST": "localhost"}
 
 
+def fake_slurm(tmp_path: Path) -> dict[str, str]:
+    """The environment of a Slurm job whose `scontrol` records the requeue it is asked for
+    in `tmp_path/scontrol.log` (there is no Slurm here)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    scontrol.chmod(0o755)
+    return {**SLURM, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
 def _matrix_args(data: str, prepared: Path, run_dir: Path) -> list[str]:
     return [*MATRIX_DATA[data], *MATRIX_COMMON, f"paths.mitdb_dir={shared_path('mitdb')}",
             f"paths.data_dir={prepared}", f"hydra.run.dir={run_dir}"]
@@ -195,13 +206,8 @@ def test_recovery_matrix(stop: str, progress: str, data: str, uninterrupted: dic
             "+callbacks.stop._target_=tests.pause.StopOnce", f"+callbacks.stop.how={stop}",
             f"+callbacks.stop.marker={marker}"]
     env: dict[str, str] = {}
-    if stop == "slurm":  # `scontrol` records the requeue it is asked for (no Slurm here)
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
-        scontrol = bin_dir / "scontrol"
-        scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
-        scontrol.chmod(0o755)
-        env = {**SLURM, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    if stop == "slurm":
+        env = fake_slurm(tmp_path)
         args.append(f"+callbacks.stop.requeue_log={tmp_path / 'scontrol.log'}")
     if stop == "boundary":  # between the two epochs
         args.append("+callbacks.stop.epoch=0")
@@ -317,12 +323,7 @@ def test_a_cross_validation_stopped_in_its_second_fold_resumes_with_the_printed_
 
 @pytest.mark.slow  # a Slurm-requeued cross-validation (~1 min)
 def test_a_requeued_cross_validation_continues_its_parent_run(tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
-    scontrol.chmod(0o755)
-    env = {**SLURM, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = fake_slurm(tmp_path)
     args, outputs, run_dir, _ = _stopped_cv(
         tmp_path, "slurm", env, (f"+callbacks.stop.requeue_log={tmp_path / 'scontrol.log'}",))
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
