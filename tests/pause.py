@@ -53,7 +53,8 @@ class StopOnce(pl.Callback):
     `slurm` (Slurm's time-limit warning SIGUSR1 to the group after that batch, then SIGTERM
     once the requeue was asked: `requeue_log` appears) and `time_checkpoint_kill` (SIGKILL to
     the group at the first batch end after a time checkpoint was written inside epoch
-    `epoch`). Signals go to the whole group, loader workers included, as `kill -- -<pgid>`.
+    `epoch`), `test` (SIGTERM to the group after the first test batch). Signals go to the
+    whole group, loader workers included, as `kill -- -<pgid>`.
     With `in_folder`, only a fit whose run folder has that name stops (e.g. `fold1` of a
     cross-validation).
     """
@@ -118,4 +119,8 @@ class StopOnce(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.how == "boundary" and self._armed and trainer.current_epoch == self.epoch:
+            self._fire(signal.SIGTERM)
+
+    def on_test_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.how == "test" and self._armed:  # SIGTERM while the best checkpoint is tested
             self._fire(signal.SIGTERM)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 from ecg_experiments.config import PROJECT_ROOT
 from tests.conftest import all_runs, shared_path
@@ -365,3 +366,55 @@ def test_a_resumed_run_keeps_the_learning_rate_schedule_and_the_epoch_metrics(
         histories[name]["test"] = _test_metrics(outputs)
     assert len(histories["reference"]["lr-Adam"]) == 3
     assert histories["stopped"] == histories["reference"]
+
+
+@pytest.mark.slow  # three training processes each (~50 s)
+@pytest.mark.parametrize("case", ["early stopping decided", "while testing"])
+def test_a_stop_right_after_early_stopping_or_inside_the_test_resumes_to_the_same_end(
+        case: str, small_csv: Path, tmp_path: Path) -> None:
+    """SIGTERM at the end of the epoch where early stopping decided to stop (the decision
+    is kept in the checkpoint: no extra epoch after the resume), or during the test of the
+    best checkpoint (last.ckpt keeps the fit's end; the resume tests again): the same
+    epochs and test metrics as the uninterrupted run."""
+    common = ["data=beats_csv", f"data.train_file={small_csv}", "data.batch_size=16",
+              "data.eval_batch_size=8", "trainer=cpu", "trainer.deterministic=true",
+              "trainer.max_epochs=4", "optimizer.lr=1e-12",
+              "callbacks.early_stopping.patience=0", "report.bootstrap_rounds=50",
+              "report.attribution_per_group=1"]
+    stop = ["+callbacks.stop._target_=tests.pause.StopOnce",
+            f"+callbacks.stop.marker={tmp_path / 'stop.marker'}",
+            "+callbacks.stop.how=" + ("boundary" if case == "early stopping decided"
+                                      else "test")]
+    if case == "while testing":  # a best checkpoint (the highest loss: epoch 1) other than
+        # the last, so that last.ckpt overwritten with the tested weights would show
+        common += ["optimizer.lr=1e-3", "callbacks.early_stopping.patience=10",
+                   "monitor.metric=val/loss", "monitor.mode=max"]
+    results, last = {}, {}
+    for name, extra in (("reference", []), ("stopped", stop)):
+        outputs, run_dir = tmp_path / name, tmp_path / name / "run"
+        args = [*common, *extra, f"hydra.run.dir={run_dir}"]
+        code, log = finish(start_job(args, outputs, tmp_path / f"{name}.log"),
+                           tmp_path / f"{name}.log")
+        if name == "stopped":
+            assert code == 143 and "Traceback" not in log, log[-3000:]
+            [stopped] = all_runs(outputs)
+            assert stopped.info.status == "KILLED"
+            last[name] = torch.load(run_dir / "checkpoints" / "last.ckpt",
+                                    weights_only=False)["state_dict"]
+            code, log = finish(start_job(resume_command(log), outputs, tmp_path / "b.log"),
+                               tmp_path / "b.log")
+        else:
+            last[name] = torch.load(run_dir / "checkpoints" / "last.ckpt",
+                                    weights_only=False)["state_dict"]
+        assert code == 0, log[-3000:]
+        [run] = all_runs(outputs)
+        assert run.info.status == "FINISHED"
+        client = mlflow.MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
+        results[name] = ({m.step for m in client.get_metric_history(run.info.run_id,
+                                                                       "val/loss")},
+                         _test_metrics(outputs))
+    if case == "early stopping decided":  # it ended the run after epoch 2 of 4
+        assert len(results["reference"][0]) == 2
+    assert results["stopped"] == results["reference"]
+    # the stopped run's last.ckpt holds the end of its fit, as the uninterrupted one's
+    assert all(torch.equal(last["stopped"][k], v) for k, v in last["reference"].items())
