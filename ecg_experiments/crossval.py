@@ -27,7 +27,7 @@ from ecg_experiments.config import build, group_choice
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.interruption import TrainingInterrupted, slurm_restart_count
 from ecg_experiments.io import atomic_path
-from ecg_experiments.tracking import RUN_ID_FILE
+from ecg_experiments.tracking import RUN_ID_FILE, run_id_in
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ class FoldFolder:
 
     def stale_run_id(self) -> str | None:
         """The MLflow run of a fit that stopped before its first checkpoint."""
-        id_file = self.path / RUN_ID_FILE
-        return id_file.read_text().strip() if id_file.is_file() else None
+        return run_id_in(self.path)
 
 
 CV_CONFIG = "cv_config.yaml"
@@ -216,9 +215,7 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
     parent = None
     if cfg.get("logger"):
         name = cfg.logger.get("run_name") or default_run_name() or "run"
-        parent_id = None
-        if resuming and (run_dir / RUN_ID_FILE).is_file():
-            parent_id = (run_dir / RUN_ID_FILE).read_text().strip()
+        parent_id = run_id_in(run_dir) if resuming else None
         parent = build(cfg.logger, tags={**sweep_tags(), "cv.folds": str(folds)},
                        run_name=f"{name}-cv{folds}", run_id=parent_id)
         with open_dict(cfg):
@@ -256,8 +253,6 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
                     # stopped before its first checkpoint: the fold starts again, in a new run
                     parent.experiment.delete_run(folder.stale_run_id())
                 fitted = fit_one(one, tags)
-                if fitted.split is None and (folder.path / "split.csv").is_file():
-                    fitted.split = pd.read_csv(folder.path / "split.csv")
                 folder.save(fitted)
             histories.append(fitted.history)
             best = _best_row(fitted.history, monitor, mode)

@@ -18,7 +18,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pytorch_lightning as pl
@@ -43,18 +43,16 @@ class CheckpointOnTerminate(pl.Callback):
         self.checkpoint = Path(checkpoint_dir) / "last.ckpt"
         self._deferred = False
         self._stop_on_resume = False
+        self._trainer: pl.Trainer | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     # Whether the run had decided to stop (early stopping, a pruned trial) when a checkpoint
     # was written: Lightning keeps no such flag in checkpoints, so a run stopped (or killed)
     # right after that decision would train on after its resume.
     def state_dict(self) -> dict[str, Any]:
-        return {"should_stop": False}  # set per checkpoint in on_save_checkpoint
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("callbacks", {}).get(self.state_key)
-        if state is not None:
-            state["should_stop"] = bool(trainer.should_stop)
+        return {"should_stop": bool(self._trainer is not None and self._trainer.should_stop)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._stop_on_resume = bool(state_dict.get("should_stop", False))
@@ -140,7 +138,7 @@ def resume_command(run_dir: Path) -> str:
                      "resume=true"])
 
 
-def exit_interrupted(stop: TrainingInterrupted, run_dir: Path) -> None:
+def exit_interrupted(stop: TrainingInterrupted, run_dir: Path) -> NoReturn:
     """Say how to resume the run in `run_dir` and exit with the stop's status."""
     print(f"\n{stop.what}. The last checkpoint is in {run_dir}; resume with:\n"
           f"  {resume_command(run_dir)}", file=sys.stderr)

@@ -29,6 +29,12 @@ MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 RUN_ID_FILE = "mlflow_run_id"
 
 
+def run_id_in(folder: Path) -> str | None:
+    """The MLflow run recorded in a run folder (RUN_ID_FILE), if any."""
+    id_file = Path(folder) / RUN_ID_FILE
+    return id_file.read_text().strip() if id_file.is_file() else None
+
+
 def is_remote(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("http://", "https://", "databricks"))
 

@@ -123,6 +123,12 @@ def run_cli(args: list[str], tmp: Path, timeout: int = 400) -> subprocess.Comple
     return result
 
 
+def test_metrics_of_the_run(outputs: Path) -> dict[str, float]:
+    """The `test/...` metrics of the one run in the MLflow store under `outputs`."""
+    [run] = all_runs(outputs)
+    return {k: v for k, v in run.data.metrics.items() if k.startswith("test/")}
+
+
 def all_runs(tmp: Path) -> list:
     """Every run in the MLflow store under tmp."""
     import mlflow

@@ -23,6 +23,7 @@ import torch
 
 from ecg_experiments.config import PROJECT_ROOT
 from tests.conftest import all_runs, shared_path
+from tests.conftest import test_metrics_of_the_run as _test_metrics
 
 
 def start_job(args: list[str], outputs: Path, log_file: Path,
@@ -91,18 +92,16 @@ def test_sigterm_to_the_job_inside_an_epoch_then_the_printed_resume_finishes_the
     job = start_job(args, outputs, tmp_path / "a.log")
     wait_for((run_dir / "checkpoints", "last.ckpt"), job, tmp_path / "a.log")  # epoch 1 done
     time.sleep(1.0)
+    killed_at = time.time()
     os.killpg(job.pid, signal.SIGTERM)  # kill -TERM -- -<pid>
     code, first = finish(job, tmp_path / "a.log", timeout=120)
     assert code == 143, first[-3000:]
     assert "Traceback" not in first, first[-3000:]
     [stopped] = all_runs(outputs)
     assert stopped.info.status == "KILLED"
-    import torch
-
-    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False,
-                       map_location="cpu")
-    assert saved["epoch"] >= 1 or saved["loops"]["fit_loop"]["epoch_loop.batch_progress"][
-        "current"]["completed"] > 0
+    # the stop saved its own step (not only epoch 1's checkpoint is there)
+    assert "SIGTERM: stopped after batch" in first, first[-3000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime >= killed_at
     printed = resume_command(first)
     assert f"hydra.run.dir={run_dir}" in printed and "resume=true" in printed
 
@@ -154,11 +153,6 @@ def fake_slurm(tmp_path: Path) -> dict[str, str]:
 def _matrix_args(data: str, prepared: Path, run_dir: Path) -> list[str]:
     return [*MATRIX_DATA[data], *MATRIX_COMMON, f"paths.mitdb_dir={shared_path('mitdb')}",
             f"paths.data_dir={prepared}", f"hydra.run.dir={run_dir}"]
-
-
-def _test_metrics(outputs: Path) -> dict[str, float]:
-    [run] = all_runs(outputs)
-    return {k: v for k, v in run.data.metrics.items() if k.startswith("test/")}
 
 
 def _histories(outputs: Path) -> dict[str, dict[int, float]]:
@@ -234,8 +228,6 @@ def test_recovery_matrix(stop: str, progress: str, data: str, uninterrupted: dic
         assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
         again, env = args, {**env, "SLURM_RESTART_COUNT": "1"}
     if stop == "time_checkpoint_kill":
-        import torch
-
         saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False,
                            map_location="cpu")
         current = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]

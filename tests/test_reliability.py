@@ -15,6 +15,7 @@ import pytest
 from ecg_experiments.config import PROJECT_ROOT
 from ecg_experiments.tasks.train import train
 from tests.conftest import FAST, all_runs
+from tests.conftest import test_metrics_of_the_run as _test_metrics
 
 # five real records (11k beats, every class), short epochs, deterministic on CPU
 MITBIH = ["data.records=[100,105,119,208,217]", "data.download=false", "trainer=cpu",
@@ -57,11 +58,6 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> No
 def _finish(process: subprocess.Popen, timeout: float = 400) -> tuple[int, str, str]:
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err
-
-
-def _test_metrics(outputs: Path) -> dict[str, float]:
-    [run] = all_runs(outputs)
-    return {k: v for k, v in run.data.metrics.items() if k.startswith("test/")}
 
 
 def test_same_seed_same_metrics(compose_train, small_csv) -> None:

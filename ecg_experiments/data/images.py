@@ -235,8 +235,6 @@ class ImageDataModule(ClassDataModule):
         self.channels = int(channels)
         self.mean, self.std = list(mean), list(std)
         self.augment = augment
-        # augmented training images are drawn per sample in the workers (SeededSamples)
-        self.random_per_sample = augment is not None
         self.max_per_class = None if max_per_class is None else int(max_per_class)
         self.skip_bad_images = bool(skip_bad_images)
         self.source = source
@@ -509,6 +507,11 @@ class ImageDataModule(ClassDataModule):
     def input_spec(self) -> InputSpec:
         return InputSpec("image", tuple(self.class_names), image_size=self.image_size,
                          channels=self.channels, mean=tuple(self.mean), std=tuple(self.std))
+
+    @property
+    def random_per_sample(self) -> bool:  # type: ignore[override]
+        """Augmented training images are drawn per sample in the workers (SeededSamples)."""
+        return self.augment is not None
 
     def paths(self, split: str) -> list[Path]:
         """The image files of one split (after setup and balancing); for images drawn on the

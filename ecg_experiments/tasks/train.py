@@ -47,6 +47,7 @@ from ecg_experiments.tracking import (
     log_files,
     log_model,
     log_run_metadata,
+    run_id_in,
     sweep_id,
 )
 
@@ -192,8 +193,7 @@ def _resume_point(cfg: DictConfig, run_dir: Path) -> tuple[str | None, str | Non
         ckpt = str(last)
     elif not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt}: no such checkpoint file")
-    id_file = run_dir / RUN_ID_FILE
-    return ckpt, (id_file.read_text().strip() if id_file.is_file() else None)
+    return ckpt, run_id_in(run_dir)
 
 
 def _interrupted(tracked: Any, what: str, exit_code: int) -> TrainingInterrupted:
@@ -237,7 +237,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return fit_one(cfg).metrics
     except TrainingInterrupted as stop:  # the whole run (all folds) resumes from its folder
         exit_interrupted(stop, Path(cfg.paths.run_dir))
-        raise  # not reached: exit_interrupted exits
 
 
 def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
