@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +123,26 @@ class Record:
     signal: np.ndarray  # physical units (mV), float64 [samples]
     beat_samples: np.ndarray  # int64 sample index of each beat annotation
     beat_symbols: np.ndarray  # str symbol of each beat annotation
+    # annotations left out because AAMI_MAP does not cover their symbol: {symbol: count}
+    unmapped: dict[str, int] = field(default_factory=dict)
+
+
+def unmapped_symbols(symbols: Sequence[str]) -> dict[str, int]:
+    """{symbol: count} of the annotation symbols that AAMI_MAP does not cover (rhythm and
+    noise marks, comments, and beat symbols of no AAMI class such as `!` flutter waves),
+    most frequent first."""
+    kept = np.asarray([s for s in symbols if s not in AAMI_MAP], dtype=str)
+    names, counts = np.unique(kept, return_counts=True)
+    order = sorted(range(len(names)), key=lambda k: (-counts[k], names[k]))
+    return {str(names[k]): int(counts[k]) for k in order}
+
+
+def is_beat_symbol(symbol: str) -> bool:
+    """Whether wfdb's annotation table marks `symbol` as a beat (QRS) label."""
+    from wfdb.io.annotation import ann_label_table, is_qrs
+
+    stores = ann_label_table.loc[ann_label_table["symbol"] == symbol, "label_store"]
+    return any(0 <= int(k) < len(is_qrs) and is_qrs[int(k)] for k in stores)
 
 
 def aami_label(symbols: np.ndarray) -> np.ndarray:
@@ -276,7 +296,8 @@ def read_record(
     record has is read. `missing_lead` says what to do when it has none of them: "skip"
     (return None and log it), "first" (use the record's first channel) or "error".
     Without a .atr file and `require_annotations=False`, beats come from the XQRS
-    detector and their symbols are "?" (unknown class).
+    detector and their symbols are "?" (unknown class). Annotations whose symbol AAMI_MAP
+    does not cover are left out and counted (`Record.unmapped`).
     """
     directory = Path(directory)
     base = str(directory / name)
@@ -321,9 +342,11 @@ def read_record(
         log.info("record %s has no .atr annotations: detecting beats with XQRS", name)
         samples = detect_beats(signal, float(fields["fs"]))
         symbols = np.full(len(samples), "?")
+        unmapped: dict[str, int] = {}
     else:
         symbols = np.asarray(annotation.symbol)
         samples = np.asarray(annotation.sample, dtype=np.int64)
+        unmapped = unmapped_symbols(annotation.symbol)
         is_beat = np.isin(symbols, list(AAMI_MAP))
         symbols, samples = symbols[is_beat], samples[is_beat]
     return Record(
@@ -333,4 +356,5 @@ def read_record(
         signal=signal,
         beat_samples=samples,
         beat_symbols=symbols,
+        unmapped=unmapped,
     )

@@ -2,7 +2,9 @@
 
 - KachueeRecipe reproduces the recipe behind the public Kaggle CSVs (Kachuee et al. 2018).
 - CenteredRecipe cuts a window around each R-peak and adds R-R interval features.
-Both work on whole records with array indexing (no per-beat Python loop).
+Both work on whole records with array indexing (no per-beat Python loop). Each says which of
+its options make a beat depend on more of its record than the beat itself
+(`record_only_options`): a model trained with those cannot read ready-cut beats (a CSV row).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from scipy.signal import find_peaks, resample_poly
 
 from ecg_experiments.data.filters import check_bandpass, clean
 from ecg_experiments.data.physionet import Record, aami_label
+from ecg_experiments.errors import DataError
 
 # R-R features of the centered recipe: the intervals before and after the beat (s), each over
 # the local mean R-R (beats nearby), and the previous, next and local interval over the
@@ -28,6 +31,11 @@ RR_FEATURES = ("pre_rr", "post_rr", "pre_rr_ratio", "post_rr_ratio",
 # morphology against the patient's own typical beat (the median beat of the record): the
 # correlation with it and the RMS difference from it, in the beat's normalised units
 TEMPLATE_FEATURES = ("template_corr", "template_rms")
+
+# the fewest beats of one record whose median makes its typical beat (template_features,
+# subtract_template): the median of a handful of beats is one of them (an ectopic beat of a
+# short excerpt can become the "typical" beat); 20 beats are about 15-20 s of sinus rhythm
+MIN_TEMPLATE_BEATS = 20
 
 
 def rr_feature_names(context: int = 0, template: bool = False) -> tuple[str, ...]:
@@ -44,6 +52,50 @@ def rr_feature_names(context: int = 0, template: bool = False) -> tuple[str, ...
 def median_beat(rows: np.ndarray) -> np.ndarray:
     """The record's typical beat: the sample-wise median of its beats (rows)."""
     return np.median(rows, axis=0)
+
+
+def check_template_beats(record: str, count: int, options: tuple[str, ...]) -> None:
+    """A DataError unless a record with beats has at least MIN_TEMPLATE_BEATS of them when
+    `options` (those of the recipe that take the record's median beat) are set: the median
+    of fewer is a poor template. A record without beats passes (nothing to make relative)."""
+    if options and 0 < count < MIN_TEMPLATE_BEATS:
+        raise DataError(
+            f"record {record}: {count} beat{'s' if count != 1 else ''}, but "
+            f"{' and '.join(f'data.recipe.{o}=true' for o in options)} "
+            f"need{'s' if len(options) == 1 else ''} at least {MIN_TEMPLATE_BEATS} beats of the "
+            "record for its median beat (MIN_TEMPLATE_BEATS); give a longer excerpt of the "
+            "record, or leave the record out (data.exclude_records)")
+
+
+def _yaml(value: object) -> str:
+    """An option value as a command-line override writes it (true, [0.5, 40.0], window)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_yaml(v) for v in value) + "]"
+    return str(value)
+
+
+def _cleaning_options(baseline: bool, bandpass_hz: tuple[float, float] | None
+                      ) -> dict[str, str]:
+    """The record-only cleaning options (filters.py): both filter the record's signal before
+    its beats are cut (a filter needs the signal around the beat, past its window)."""
+    options = {}
+    if baseline:
+        options["baseline"] = "the record's baseline removed before its beats are cut"
+    if bandpass_hz is not None:
+        options["bandpass_hz"] = "the record band-pass filtered before its beats are cut"
+    return options
+
+
+def describe_record_only(recipe: object) -> str | None:
+    """`data.recipe.<option>=<value> (why), ...` for the options of `recipe` that a row of a
+    beats CSV cannot carry (its `record_only_options`), or None when it has none."""
+    options = getattr(recipe, "record_only_options", lambda: {})()
+    if not options:
+        return None
+    return ", ".join(f"data.recipe.{name}={_yaml(getattr(recipe, name))} ({why})"
+                     for name, why in options.items())
 
 
 def template_features(rows: np.ndarray) -> np.ndarray:
@@ -161,6 +213,17 @@ class KachueeRecipe:
     def params(self) -> dict:
         return {"name": self.name, **asdict(self)}
 
+    def record_only_options(self) -> dict[str, str]:
+        """{option: why} for the options set that make a beat depend on its record beyond the
+        beat itself, which a ready-cut beat (a beats CSV row) cannot carry. The defaults (per
+        beat normalisation, annotated R-peaks, no cleaning) are what the public CSVs hold."""
+        options = _cleaning_options(self.baseline, self.bandpass_hz)
+        if self.normalize == "window":
+            options["normalize"] = f"each beat scaled by its record's {self.window_s:g} s window"
+        if self.rpeaks == "detector":
+            options["rpeaks"] = "beats cut at the R-peaks detected in the record"
+        return options
+
     def _window_norm(self, x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
         n_windows = -(-len(x) // window)
         padded = np.full(n_windows * window, np.nan)
@@ -234,7 +297,9 @@ class CenteredRecipe:
     With `subtract_template` the signal is the normalised beat minus the record's median
     normalised beat: morphology relative to the patient's own typical beat, so that a new
     patient's normal beats sit near zero whatever their shape (the template features, if
-    any, are taken before the subtraction). Beats whose window leaves the record are dropped.
+    any, are taken before the subtraction). Both need at least MIN_TEMPLATE_BEATS beats of a
+    record (a DataError names the record otherwise). Beats whose window leaves the record are
+    dropped.
     """
 
     rate: float = 360.0
@@ -269,6 +334,15 @@ class CenteredRecipe:
 
     def params(self) -> dict:
         return {"name": self.name, **asdict(self), "features": list(self.feature_names)}
+
+    def record_only_options(self) -> dict[str, str]:
+        """{option: why} for the options set that make a beat's signal depend on its record
+        beyond the beat itself, which a ready-cut beat (a beats CSV row) cannot carry (the
+        R-R and template features are features: a CSV carries none)."""
+        options = _cleaning_options(self.baseline, self.bandpass_hz)
+        if self.subtract_template:
+            options["subtract_template"] = "each beat minus its record's median beat"
+        return options
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -319,6 +393,8 @@ class CenteredRecipe:
         elif self.normalize == "minmax":
             rows = _minmax_rows(rows, np.ones_like(rows, dtype=bool))
         features = features[keep]
+        check_template_beats(record.name, len(rows), tuple(
+            o for o in ("template_features", "subtract_template") if getattr(self, o)))
         if self.template_features:
             features = np.concatenate([features, template_features(rows)], axis=1)
         if self.subtract_template and len(rows):
