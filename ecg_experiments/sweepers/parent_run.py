@@ -70,8 +70,9 @@ class MlflowSweepCallback(Callback):
             filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
             max_results=10_000,
         )
-        # each child logs best/<metric>, its best epoch's value: the same number `train`
-        # returned to the sweeper, so the parent and the sweeper name the same winner
+        # each child logs best/<metric> (its best epoch's value; a CV's fold mean at
+        # cv/epochs; a seed repeat's seed mean): the same number `train` returned to the
+        # sweeper, so the parent and the sweeper name the same winner
         key = f"best/{config.optimized_metric}"
         scored = [c for c in children if key in c.data.metrics]
         if scored:
