@@ -193,6 +193,19 @@ def active_run(tracking_uri: str, run_id: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)
 
 
+def _with_checkpoint_weights(net: torch.nn.Module, checkpoint: Path) -> torch.nn.Module:
+    """A copy of `net` with the network weights of a Lightning checkpoint (`net.` keys): the
+    module in memory may hold other weights (the last epoch's, when the best epoch's
+    checkpoint was not tested)."""
+    import copy
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    copied = copy.deepcopy(net)
+    copied.load_state_dict(weights)
+    return copied.eval()
+
+
 def log_model(
     logger: MLFlowLogger,
     net: torch.nn.Module,
@@ -213,6 +226,8 @@ def log_model(
     import ecg_experiments
 
     net = net.eval().cpu()
+    if checkpoint is not None:  # the logged model holds the weights of the checkpoint it names
+        net = _with_checkpoint_weights(net, Path(checkpoint))
     with torch.no_grad():
         output = net(example)
     signature = infer_signature(example.numpy(), output.numpy())

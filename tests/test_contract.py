@@ -19,6 +19,7 @@ import pytest
 
 from ecg_experiments.data.beats import read_beats_csv, write_beats_csv
 from ecg_experiments.data.render import WaveformRenderer, write_images
+from ecg_experiments.errors import ConfigError
 from ecg_experiments.models.checkpoint import checkpoint_from_run, load_trained_model
 from ecg_experiments.tasks.evaluate import evaluate
 from ecg_experiments.tasks.explain import explain
@@ -140,18 +141,23 @@ def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_p
     # eval config's defaults); image folders without class_names sort their classes N, S, V
     # and are matched to the model's V, N, S by name
     explicit = [a for a in data if not a.startswith(("data.class_names", "data.rr_features"))]
-    own = evaluate(compose_config(tmp_path / "e3", [f"ckpt={ckpt}", "holdout=all",
-                                                    *evaluation], "eval"))
+    # every sample, training ones included: refused unless allowed (then marked)
+    with pytest.raises(ConfigError, match="were seen by the model in training or validation"):
+        evaluate(compose_config(tmp_path / "e3", [f"ckpt={ckpt}", "holdout=all",
+                                                  *evaluation], "eval"))
+    seen = [*evaluation, "allow_seen=true"]
+    own = evaluate(compose_config(tmp_path / "e3", [f"ckpt={ckpt}", "holdout=all", *seen],
+                                  "eval"))
     given = evaluate(compose_config(tmp_path / "e4", [f"ckpt={ckpt}", "holdout=all",
-                                                      *explicit, *evaluation], "eval"))
+                                                      *explicit, *seen], "eval"))
     assert given["test/acc"] == pytest.approx(own["test/acc"])
     assert _per_class(given, classes) == pytest.approx(_per_class(own, classes))
 
     # 4. predict: a CSV, a raw record of another database (R-R models) or an image folder
     source = {"csv": inputs["csv"], "rr": inputs["svdb"] / "800.hea",
               "image": inputs["images"]}[kind]
-    frame = predict(compose_config(tmp_path / "p", [f"ckpt={ckpt}", f"input={source}"],
-                                   "predict"))
+    frame = predict(compose_config(tmp_path / "p", [f"ckpt={ckpt}", f"input={source}",
+                                                    "allow_seen=true"], "predict"))
     probs = frame[[f"prob_{c}" for c in classes]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     if kind == "rr":

@@ -146,10 +146,15 @@ class ClassDataModule(pl.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
         self.seed = int(seed)
+        # the run's seed (set by train): orders and draws the training samples, while `seed`
+        # draws the split, so seed repeats (repeat.seeds) share a split, not an order
+        self.training_seed: int | None = None
         self.datasets: dict[str, Dataset] = {}
         self._stateful_loaders: weakref.WeakSet = weakref.WeakSet()
         self.split_labels: dict[str, np.ndarray] = {}
         self.split_frame: pd.DataFrame | None = None
+        # the training rows kept by undersample/resample (None: every row)
+        self.balanced_rows: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -171,13 +176,34 @@ class ClassDataModule(pl.LightningDataModule):
         """Subsample / resample the training split as `balance` says (after setup)."""
         if self.balance not in ("undersample", "resample"):
             return
-        labels = self.split_labels["train"]
+        labels = self.split_labels.get("train")
+        if labels is None or len(labels) == 0:  # e.g. split=all: every sample is test
+            return
         before = np.bincount(labels, minlength=self.num_classes)
         rows = balance_indices(labels, self.balance, self.balance_to, self.seed)
         self.datasets["train"] = Subset(self.datasets["train"], rows.tolist())
+        self.balanced_rows = rows
         self.split_labels["train"] = labels[rows]
         log.info("data.balance=%s: training classes %s -> %s", self.balance, before.tolist(),
                  self.class_counts("train").tolist())
+
+    def sample_frame(self, split: str) -> pd.DataFrame | None:
+        """One row per sample of `split` in the order its evaluation dataset gives them (after
+        setup and balancing): `sample_id` (its identity, evaluation/seen.py), `record` where
+        known, and where to find it (sample, path or file row). None without a split table."""
+        if self.split_frame is None or "sample_id" not in self.split_frame:
+            return None
+        frame = self.split_frame[self.split_frame["split"] == split].reset_index(drop=True)
+        if split == "train" and self.balanced_rows is not None:
+            frame = frame.iloc[self.balanced_rows].reset_index(drop=True)
+        return frame
+
+    def seen_frame(self) -> pd.DataFrame | None:
+        """The samples a model trained on this data is fit and validated on: the training
+        and validation splits as drawn (before any balancing)."""
+        if self.split_frame is None or "sample_id" not in self.split_frame:
+            return None
+        return self.split_frame[self.split_frame["split"].isin(["train", "val"])]
 
     def labels(self, split: str) -> np.ndarray:
         """Integer labels of one split (after setup)."""
@@ -195,17 +221,18 @@ class ClassDataModule(pl.LightningDataModule):
             # (Lightning keeps a DistributedSampler it is given)
             trainer = self.trainer
             distributed = trainer is not None and trainer.world_size > 1
+            order_seed = self.seed if self.training_seed is None else self.training_seed
             weights = None
             if self.balance == "sampler":  # 1 / its class count: classes drawn equally often
                 labels = self.split_labels[split]
                 weights = (1.0 / np.bincount(labels, minlength=self.num_classes)[labels])
             sampler = EpochSeededSampler(
                 dataset, num_replicas=trainer.world_size if distributed else 1,
-                rank=trainer.global_rank if distributed else 0, seed=self.seed,
+                rank=trainer.global_rank if distributed else 0, seed=order_seed,
                 weights=None if weights is None else weights.tolist(),
                 tag_epoch=self.random_per_sample)
             if self.random_per_sample:
-                dataset = SeededSamples(dataset, self.seed)
+                dataset = SeededSamples(dataset, order_seed)
             # Lightning calls set_epoch (with the count of epochs processed) only after it has
             # made the loader's iterator; a resumed run would otherwise go on in epoch 0's order
             sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed

@@ -6,6 +6,7 @@ no header, 187 samples at 125 Hz scaled to [0, 1] and zero-padded, then the clas
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -19,8 +20,9 @@ import pyarrow.csv as pacsv
 import torch
 from torch.utils.data import Subset, TensorDataset
 
-from ecg_experiments.data.augment import SignalAugment
+from ecg_experiments.data.augment import SignalAugment, reference_power
 from ecg_experiments.data.base import ClassDataModule
+from ecg_experiments.data.identity import row_ids
 from ecg_experiments.data.splits import split_table, stratified_split
 from ecg_experiments.errors import DataError
 from ecg_experiments.inputs import InputSpec, on_signal
@@ -237,7 +239,11 @@ class BeatsDataModuleBase(ClassDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.augment is not None and self.trainer is not None and self.trainer.training:
             x, y = batch
-            return on_signal(x, len(self.feature_names), self.augment), y
+            # a template-relative beat's noise SNR is set on the beat before the subtraction
+            power = reference_power(getattr(self, "recipe", None))
+            augment = self.augment if power is None else functools.partial(
+                self.augment, signal_power=power)
+            return on_signal(x, len(self.feature_names), augment), y
         return batch
 
 
@@ -290,7 +296,8 @@ class BeatsDataModule(BeatsDataModuleBase):
             }
         parts = stratified_split(labels, fractions, self.seed, self.class_names, source)
         arrays = {name: (signals[index], labels[index]) for name, index in parts.items()}
-        table = split_table(parts, label=labels).assign(file=source)
+        ids = np.array(row_ids(signals))  # the identity of each row: its values
+        table = split_table(parts, label=labels, sample_id=ids).assign(file=source)
         if self.test_file is not None:
             test_signals, test_labels = self._read(self.test_file)
             arrays["test"] = (test_signals, test_labels)
@@ -300,6 +307,7 @@ class BeatsDataModule(BeatsDataModuleBase):
                     "split": "test",
                     "label": test_labels,
                     "file": str(self.test_file),
+                    "sample_id": row_ids(test_signals),
                 }
             )
             table = pd.concat([table, test_table], ignore_index=True)

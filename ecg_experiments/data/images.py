@@ -466,6 +466,8 @@ class ImageDataModule(ClassDataModule):
                                        label=frame["label"].to_numpy(),
                                        sha256=frame["sha256"].to_numpy(),
                                        duplicate=duplicated.to_numpy(), **columns)
+        # the identity of each image (evaluation/seen.py): its content, wherever it lies
+        self.split_frame["sample_id"] = "sha256:" + self.split_frame["sha256"].astype(str)
         self.files = frame
         self._balance_training()
         log.info("images per split: %s", {n: len(d) for n, d in self.datasets.items()})

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ecg_experiments.data.augment import SignalAugment
 from ecg_experiments.data.beats import BeatsDataModuleBase, write_beats_csv
+from ecg_experiments.data.identity import beat_ids
 from ecg_experiments.data.physionet import (
     AAMI_CLASSES,
     DS1,
@@ -30,6 +31,7 @@ from ecg_experiments.data.physionet import (
     download_into_own_folder,
     ensure_database,
     get_database,
+    is_beat_symbol,
     read_record,
     verify_checksums,
 )
@@ -111,8 +113,10 @@ def prepare_database(
     Each record is read at its own rate (from its header) with the first lead of `leads`
     (default: the database's preference) it has, and resampled by the recipe. The folder
     `<prepared_root>/<database>-<recipe>-<key>` holds beats.npz, summary.csv and
-    manifest.json (the config, the lead and rate of every record and the SHA-256 of every
-    input file). When the manifest matches, nothing is redone. The folder is built under a
+    manifest.json (the config, the lead and rate of every record, the SHA-256 of every
+    input file, and per record the annotations left out because the AAMI map does not cover
+    their symbol: `unmapped_symbols`, also logged in one line). When the manifest matches,
+    nothing is redone. The folder is built under a
     temporary name and renamed, so an interrupted run leaves nothing half-written.
     """
     database = get_database(database) if isinstance(database, str) else database
@@ -146,10 +150,11 @@ def prepare_database(
         if {key: found.get(key) for key in manifest} == manifest:
             log.info("prepared %s beats are up to date in %s: nothing to do", database.name,
                      target)
+            log_unmapped(database.name, found.get("unmapped_symbols") or {}, manifest_file)
             return target
         log.info("the manifest in %s differs from the config or inputs: preparing again", target)
 
-    parts, names, skipped, used = [], [], [], {}
+    parts, names, skipped, used, unmapped = [], [], [], {}, {}
     description = f"preparing {database.name}"
     iterator = track(records, description, len(records), "records") if progress else records
     for name in iterator:
@@ -158,6 +163,7 @@ def prepare_database(
             skipped.append(name)
             continue
         used[name] = {"lead": record.lead, "fs": record.fs}
+        unmapped[name] = dict(record.unmapped)
         beats = recipe.extract(record)
         parts.append(beats)
         names.append(np.full(len(beats.labels), record_id(database.name, name)))
@@ -172,6 +178,7 @@ def prepare_database(
     manifest["skipped_records"] = skipped
     manifest["used"] = used
     manifest["beats"] = int(len(table.records))
+    manifest["unmapped_symbols"] = unmapped
     with atomic_path(target) as tmp:
         tmp.mkdir()
         table.save(tmp / "beats.npz")
@@ -184,7 +191,27 @@ def prepare_database(
         len(parts), describe_sources(used, recipe), target,
         f"; skipped {', '.join(skipped)}" if skipped else "",
     )
+    log_unmapped(database.name, unmapped, manifest_file)
     return target
+
+
+def log_unmapped(database: str, per_record: dict[str, dict[str, int]], manifest: Path) -> None:
+    """One line: the annotation symbols (with counts over the records) left out because the
+    AAMI map does not cover them, beat symbols (wfdb's QRS labels, e.g. `!` flutter waves)
+    apart from other marks (rhythm `+`, noise `~`, comments)."""
+    totals: dict[str, int] = {}
+    for counts in per_record.values():
+        for symbol, n in counts.items():
+            totals[symbol] = totals.get(symbol, 0) + int(n)
+    if not totals:
+        return
+    ordered = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+    beats = [f"{s} {n:,}" for s, n in ordered if is_beat_symbol(s)]
+    marks = [f"{s} {n:,}" for s, n in ordered if not is_beat_symbol(s)]
+    parts = ([f"beat symbols of no AAMI class {', '.join(beats)}"] if beats else []) + (
+        [f"non-beat annotations {', '.join(marks)}"] if marks else [])
+    log.info("%s: annotations left out (symbol outside the AAMI map): %s; per record: %s "
+             "(unmapped_symbols)", database, "; ".join(parts), manifest)
 
 
 def describe_sources(used: dict[str, dict], recipe: Recipe) -> str:
@@ -273,10 +300,11 @@ def cross_validation_parts(table: BeatTable, parts: dict[str, np.ndarray], folds
             "test": parts["test"]}
 
 
-def _parse_records(given: Sequence[str] | None, databases: Sequence[Database]
-                   ) -> dict[str, list[str]] | None:
+def _parse_records(given: Sequence[str] | None, databases: Sequence[Database],
+                   option: str = "data.records") -> dict[str, list[str]] | None:
     """{database: [record names]} from `mitdb/101`, or plain names matched to the one
-    chosen database whose record names they look like."""
+    chosen database whose record names they look like; a record named twice (`101` and
+    `mitdb/101` alike) is a ConfigError naming it and `option`."""
     if not given:
         return None
     chosen: dict[str, list[str]] = {db.name: [] for db in databases}
@@ -284,17 +312,30 @@ def _parse_records(given: Sequence[str] | None, databases: Sequence[Database]
         if "/" in item:
             name, record = item.split("/", 1)
             if name not in chosen:
-                raise ConfigError(f"data.records: {item!r} names database {name!r}, which is "
+                raise ConfigError(f"{option}: {item!r} names database {name!r}, which is "
                                   f"not among data.databases ({', '.join(chosen)})")
         else:
             owners = databases_of(item, databases)
             if not owners:
                 raise ConfigError(
-                    f"data.records: {item!r} is not a record name of "
+                    f"{option}: {item!r} is not a record name of "
                     f"{' or '.join(chosen)}; write <database>/<record>, e.g. mitdb/101")
             name, record = owners[0].name, item
+        if record in chosen[name]:
+            raise ConfigError(f"{option}: {record_id(name, record)} is named twice ({item!r}); "
+                              "expected each record once")
         chosen[name].append(record)
     return chosen
+
+
+def _same_rows(saved: pd.DataFrame, frame: pd.DataFrame) -> bool:
+    """Whether a saved split table assigns the same rows as `frame` (compared on the columns
+    both have: a table saved before a column was added still describes the same split)."""
+    common = [c for c in frame.columns if c in saved.columns]
+    if len(saved) != len(frame) or not common:
+        return False
+    ours = frame[common].astype(str).reset_index(drop=True)
+    return bool((saved[common].reset_index(drop=True) == ours).all().all())
 
 
 class PhysionetDataModule(BeatsDataModuleBase):
@@ -385,7 +426,8 @@ class PhysionetDataModule(BeatsDataModuleBase):
         self.recipe = recipe
         self.split = split
         chosen = _parse_records(records, self.databases)
-        excluded = _parse_records(exclude_records, self.databases) or {}
+        excluded = _parse_records(exclude_records, self.databases,
+                                  "data.exclude_records") or {}
         # records per database: those named, else the preset's list (None: every record
         # the folder lists); exclusions (and paced records for interpatient) left out
         self.records: dict[str, list[str] | None] = {}
@@ -458,6 +500,9 @@ class PhysionetDataModule(BeatsDataModuleBase):
             **{f.name: getattr(table.beats, f.name)[keep] for f in fields(Beats)}))
 
     def _split_dir(self) -> Path:
+        """The folder of this split beside the prepared data, named by everything that picks
+        its rows: split, seed, fractions, the databases' prepared folders, the records left
+        out of them (`exclude_records`, paced records) and the fold."""
         assert self.prepared_path is not None
         fractions = f"v{self.val_fraction:g}" + (
             "" if self.split == "interpatient" else f"-t{self.test_fraction:g}"
@@ -466,6 +511,10 @@ class PhysionetDataModule(BeatsDataModuleBase):
         if len(self.prepared_paths) > 1:  # which databases' beats the split is of
             others = sorted(p.name for p in self.prepared_paths.values())
             name += "-" + _manifest_key({"with": others})
+        excluded = sorted(record_id(db, r) for db, names in self._excluded.items()
+                          for r in names)
+        if excluded:  # the rows beat_table leaves out of the prepared beats
+            name += "-x" + _manifest_key({"excluded": excluded})
         if self.folds is not None:
             name += f"-fold{self.fold}of{self.folds}"
         return self.prepared_path / "splits" / name
@@ -481,6 +530,8 @@ class PhysionetDataModule(BeatsDataModuleBase):
                                            self.split)
         labels = table.beats.labels
         frame = split_table(parts, record=table.records, sample=table.beats.samples, label=labels)
+        # the identity of each beat (evaluation/seen.py): its record and R-peak sample
+        frame["sample_id"] = beat_ids(frame["record"], frame["sample"])
         self._save_split(frame, table, parts)
         signals = table.beats.signals
         if self.rr_features:  # appended after the samples; the model splits them off
@@ -489,12 +540,21 @@ class PhysionetDataModule(BeatsDataModuleBase):
         return arrays, frame
 
     def _save_split(self, frame: pd.DataFrame, table: BeatTable, parts: dict) -> None:
+        """Save the split (and the Kaggle-format CSVs of the kachuee recipe) in `_split_dir`;
+        a saved split that differs from this one (a folder named by too little) is
+        replaced, with a warning, never left to describe another split."""
         folder = self._split_dir()
-        if (folder / "split.csv").is_file():
-            return
+        text = frame.to_csv(index=False)
+        saved = folder / "split.csv"
+        if saved.is_file():
+            if saved.read_text() == text:
+                return
+            if not _same_rows(pd.read_csv(saved, dtype=str), frame):
+                log.warning("%s holds another split than this run's (same name, other rows): "
+                            "replacing it", saved)
         with atomic_path(folder) as tmp:
             tmp.mkdir()
-            frame.to_csv(tmp / "split.csv", index=False)
+            (tmp / "split.csv").write_text(text)
             if self.recipe.name == "kachuee":
                 kaggle = {
                     "mitbih_train.csv": np.sort(np.concatenate([parts["train"], parts["val"]])),

@@ -29,6 +29,7 @@ class Report:
     ci_metrics: dict[str, float]
     files: dict[str, Path] = field(default_factory=dict)
     aami: pd.DataFrame | None = None  # the EC57 table, for AAMI beat classes
+    ci_over: str = ""  # what the intervals resampled: "22 records", "5,000 samples (...)"
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -49,31 +50,52 @@ def per_class_auroc(y_true: np.ndarray, probs: np.ndarray) -> list[float]:
 
 
 def macro_average(scores: np.ndarray, support: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """The mean over classes of a per-class score [..., classes], leaving out a class that is
-    neither in the targets nor predicted (tp + fp + fn = 0), as torchmetrics' macro average
-    does: one definition of macro-F1 for the live metrics and the bootstrap."""
-    counted = (support + predicted) > 0
-    return (scores * counted).sum(axis=-1) / np.maximum(counted.sum(axis=-1), 1)
+    """The mean of a per-class score [..., classes] over the classes present in the targets
+    (`support` > 0, the same shape): `metrics.present_class_mean`, the live metrics' macro
+    average, so the bootstrap and the logged macro-F1 are one definition. `predicted` (the
+    per-class prediction counts) no longer matters: a class absent from the targets is left
+    out whether or not it is predicted; the parameter stays for callers."""
+    import torch
+
+    from ecg_experiments.evaluation.metrics import present_class_mean
+
+    return present_class_mean(torch.as_tensor(scores), torch.as_tensor(support)).numpy()
 
 
 def bootstrap_confusions(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int,
-                         rounds: int = 1000, seed: int = 0, chunk: int = 100) -> np.ndarray:
-    """Confusion matrices [rounds, true, predicted] of `rounds` resamples (with replacement,
-    seeded) of the test samples, each from one vectorised bincount.
+                         rounds: int = 1000, seed: int = 0, chunk: int = 100,
+                         groups: np.ndarray | None = None) -> np.ndarray:
+    """Confusion matrices [rounds, true, predicted] of `rounds` seeded resamples with
+    replacement of the test samples, or, with `groups` (the record of each sample), of the
+    records: a cluster bootstrap that draws records and keeps all their samples, since the
+    uncertainty of a score over patients is in the patients, not the beats.
 
-    Written by hand because scipy.stats.bootstrap recomputes the statistic per round in
-    Python (minutes on MIT-BIH's 22k test beats with 1,000 rounds); this takes a second.
+    Written by hand because scipy.stats.bootstrap neither clusters nor is fast here (it
+    recomputes the statistic per round in Python: minutes on 22k beats); each round here is
+    one vectorised bincount, or a product with the per-record confusion matrices.
     """
-    k, n = num_classes, len(y_true)
+    k = num_classes
     rng = np.random.default_rng(seed)
-    cells = y_true * k + y_pred
+    cells = np.asarray(y_true) * k + np.asarray(y_pred)
+    if groups is None:  # every sample a unit: its own one-cell "confusion matrix"
+        units, per_unit = len(cells), None
+    else:
+        _, unit_of = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        units = int(unit_of.max()) + 1 if len(unit_of) else 0
+        per_unit = np.bincount(unit_of * k * k + cells,
+                               minlength=units * k * k).reshape(units, k * k)
     matrices = []
     for start in range(0, rounds, chunk):
         size = min(chunk, rounds - start)
-        picks = cells[rng.integers(0, n, size=(size, n))]
-        offsets = (np.arange(size) * k * k)[:, None]
-        matrices.append(np.bincount((picks + offsets).ravel(), minlength=size * k * k)
-                        .reshape(size, k, k))
+        picks = rng.integers(0, units, size=(size, units))
+        if per_unit is None:
+            values, width = cells[picks], k * k
+        else:  # how often each record is drawn in each round, then its matrix that often
+            values, width = picks, units
+        offsets = (np.arange(size) * width)[:, None]
+        counts = np.bincount((values + offsets).ravel(), minlength=size * width).reshape(
+            size, width)
+        matrices.append((counts if per_unit is None else counts @ per_unit).reshape(size, k, k))
     return np.concatenate(matrices).astype(np.float64)
 
 
@@ -93,7 +115,6 @@ def bootstrap_ci(
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals of accuracy, macro-F1 and per-class recall (from
     `matrices`, else from `bootstrap_confusions`)."""
-    n = len(y_true)
     cm = matrices if matrices is not None else bootstrap_confusions(
         y_true, y_pred, len(class_names), rounds, seed, chunk)
     tp = np.diagonal(cm, axis1=1, axis2=2)
@@ -102,7 +123,9 @@ def bootstrap_ci(
         recall = np.where(support > 0, tp / support, 0.0)
         precision = np.where(predicted > 0, tp / predicted, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    stats = {"acc": tp.sum(axis=1) / n, "f1_macro": macro_average(f1, support, predicted)}
+    # a record resample holds another number of samples each round
+    stats = {"acc": tp.sum(axis=1) / np.maximum(cm.sum(axis=(1, 2)), 1),
+             "f1_macro": macro_average(f1, support, predicted)}
     for i, name in enumerate(class_names):
         stats[f"recall_{name}"] = recall[:, i]
     return {name: percentile_interval(v, level) for name, v in stats.items()}
@@ -150,12 +173,15 @@ def write_report(
     out_dir: Path, metrics: Mapping[str, float], y_true: np.ndarray, probs: np.ndarray,
     class_names: Sequence[str], history: Sequence[Mapping[str, float]] = (),
     bootstrap_rounds: int = 1000, seed: int = 0, level: float = 0.95, stage: str = "test",
+    groups: np.ndarray | None = None,
 ) -> Report:
-    """Write per_class.csv and the figures to `out_dir`; return the table and CI metrics."""
+    """Write per_class.csv and the figures to `out_dir`; return the table and CI metrics.
+    With `groups` (the record of each sample) the intervals resample records."""
     out_dir.mkdir(parents=True, exist_ok=True)
     y_pred = probs.argmax(axis=1)
     matrices = bootstrap_confusions(y_true, y_pred, len(class_names), bootstrap_rounds,
-                                    seed) if bootstrap_rounds > 0 else None
+                                    seed, groups=groups) if bootstrap_rounds > 0 else None
+    ci_over = ci_unit(groups, len(y_true)) if matrices is not None else ""
     ci = bootstrap_ci(y_true, y_pred, class_names, level=level, matrices=matrices) if (
         matrices is not None) else {}
     table = report_table(metrics, y_true, probs, class_names, ci, stage)
@@ -184,7 +210,7 @@ def write_report(
         ci_metrics[f"{stage}/{name}_ci_high"] = high
     summary = pd.DataFrame(
         [{"metric": name, "value": metrics.get(f"{stage}/{name}"), "ci_low": low,
-          "ci_high": high} for name, (low, high) in ci.items()]
+          "ci_high": high, "resampled": ci_over} for name, (low, high) in ci.items()]
     )
     if len(summary):
         files["confidence_intervals"] = out_dir / "confidence_intervals.csv"
@@ -193,7 +219,16 @@ def write_report(
         files["aami"] = out_dir / "aami.csv"
         ec57.to_csv(files["aami"], index=False)
         ci_metrics.update(aami.ec57_metrics(ec57, stage))
-    return Report(table=table, ci_metrics=ci_metrics, files=files, aami=ec57)
+    return Report(table=table, ci_metrics=ci_metrics, files=files, aami=ec57, ci_over=ci_over)
+
+
+def ci_unit(groups: np.ndarray | None, samples: int) -> str:
+    """What a bootstrap resampled, as the report and MLflow say it."""
+    if groups is None:
+        return (f"{samples:,} samples (no record ids: each sample resampled alone, which "
+                "understates the uncertainty over patients)")
+    records = len(np.unique(np.asarray(groups).astype(str)))
+    return f"{records} record{'s' if records != 1 else ''}"
 
 
 def _ec57_view(table: pd.DataFrame) -> Any:
@@ -224,9 +259,10 @@ def _ec57_view(table: pd.DataFrame) -> Any:
 
 
 def print_report(table: pd.DataFrame, metrics: Mapping[str, float], title: str,
-                 stage: str = "test", aami_table: pd.DataFrame | None = None) -> None:
+                 stage: str = "test", aami_table: pd.DataFrame | None = None,
+                 caption: str = "") -> None:
     """Print the per-class table, the EC57 table for AAMI beat classes and the headline
-    numbers with their intervals."""
+    numbers with their intervals; `caption` says what the intervals resampled."""
     from rich.console import Console
     from rich.table import Table
 
@@ -257,6 +293,8 @@ def print_report(table: pd.DataFrame, metrics: Mapping[str, float], title: str,
                 text += f" [{metrics[f'{key}_ci_low']:.4f}, {metrics[f'{key}_ci_high']:.4f}]"
             parts.append(text)
     console = Console(width=max(Console().width, 110))
+    if caption:
+        view.caption = caption
     console.print(view)
     console.print("  ".join(parts))
     if aami_table is not None:
@@ -266,21 +304,38 @@ def print_report(table: pd.DataFrame, metrics: Mapping[str, float], title: str,
 def report_test_results(
     module: Any, metrics: Mapping[str, float], history: Sequence[Mapping[str, float]],
     out_dir: Path, settings: Mapping[str, Any], seed: int, logger: Any, title: str,
+    samples: pd.DataFrame | None = None, note: str = "",
 ) -> dict[str, float]:
     """After `trainer.test`: write, print and log the report of a ClassifierModule.
 
-    `settings` is the `report` config group. Returns the confidence-interval metrics.
+    `settings` is the `report` config group; `samples` the sample frame of the scored
+    samples in test order (their records make the intervals resample records, and they go
+    into predictions.csv); `note` is printed under the title (e.g. "includes training
+    data"). Returns the confidence-interval metrics.
     """
+    from ecg_experiments.evaluation.predictions import prediction_frame, write_predictions
     from ecg_experiments.tracking import log_files
 
     if not settings["enabled"] or module.test_probs is None:
         return {}
+    y_true, probs = module.test_targets.numpy(), module.test_probs.numpy()
+    if samples is not None and len(samples) != len(y_true):  # e.g. DDP pads its shards
+        samples = None
+    groups = samples["record"].to_numpy() if samples is not None and "record" in samples \
+        else None
     report = write_report(
-        out_dir, metrics, module.test_targets.numpy(), module.test_probs.numpy(),
-        module.class_names, history, settings["bootstrap_rounds"], seed, settings["confidence"],
+        out_dir, metrics, y_true, probs, module.class_names, history,
+        settings["bootstrap_rounds"], seed, settings["confidence"], groups=groups,
     )
-    print_report(report.table, {**metrics, **report.ci_metrics}, title, aami_table=report.aami)
+    report.files.update(write_predictions(
+        out_dir, prediction_frame(samples, y_true, probs, module.class_names),
+        module.class_names))
+    caption = f"{settings['confidence']:.0%} CI over {report.ci_over}" if report.ci_over else ""
+    print_report(report.table, {**metrics, **report.ci_metrics}, title, aami_table=report.aami,
+                 caption="; ".join(c for c in (caption, note) if c))
     if logger is not None:
         logger.log_metrics(report.ci_metrics)
+        if report.ci_over:
+            logger.experiment.set_tag(logger.run_id, "report.ci_over", report.ci_over)
         log_files(logger, report.files, "report")
     return report.ci_metrics

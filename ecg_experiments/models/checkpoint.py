@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ecg_experiments.errors import ConfigError, DataError, first_sentence
+from ecg_experiments.evaluation.seen import SeenSamples
 from ecg_experiments.inputs import InputSpec
 from ecg_experiments.io import readable_file
 from ecg_experiments.models.heads import output_prefixes
@@ -32,15 +33,27 @@ class TrainedModel:
     checkpoint: Path
     history: list[dict]
     input: InputSpec
+    seen: SeenSamples | None = None  # the samples it was fit and validated on
 
     def record_only_reason(self) -> str | None:
-        """Why the model's beats can only be cut from whole records (not read as rows of
-        a beats CSV), or None: its recipe makes each beat relative to its record."""
-        recipe = (self.config.get("data") or {}).get("recipe") or {}
-        if recipe.get("subtract_template"):
-            return ("its beats are relative to their record's median beat "
-                    "(data.recipe.subtract_template=true)")
-        return None
+        """Why the model's beats can only be cut from whole records (not read as rows of a
+        beats CSV), or None. The stored recipe says which of its options make a beat depend
+        on its record beyond the beat itself (`record_only_options` of its class)."""
+        from ecg_experiments.data.segment import describe_record_only
+
+        recipe = (self.config.get("data") or {}).get("recipe")
+        if not recipe or "_target_" not in recipe:
+            return None  # trained on ready-cut beats: a CSV holds what it was fit on
+        try:
+            built = instantiate(recipe)
+        except Exception as err:  # hydra wraps the recipe's own ValueError / ConfigError
+            raise DataError(f"{self.checkpoint}: its data.recipe ({recipe.get('_target_')}) "
+                            f"cannot be rebuilt ({first_sentence(err)}); expected a recipe "
+                            "of ecg_experiments.data.segment") from err
+        options = describe_record_only(built)
+        return None if options is None else (
+            f"its beats depend on their whole record, which a ready-cut beat cannot carry: "
+            f"{options}")
 
 
 def check_finite(state: dict, path: Path) -> None:
@@ -115,6 +128,7 @@ def load_trained_model(path: str | os.PathLike) -> TrainedModel:
         history=list(checkpoint.get("ecg_history", [])),
         input=(InputSpec.from_dict(stored) if stored
                else spec_from_config(config, class_names)),
+        seen=SeenSamples.from_checkpoint(checkpoint.get("ecg_seen")),
     )
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from ecg_experiments.evaluation.metrics import classification_metrics
+from ecg_experiments.evaluation.seen import SeenSamples
 from ecg_experiments.inputs import InputSpec
 from ecg_experiments.models.losses import FocalLoss
 
@@ -27,7 +28,8 @@ class ClassifierModule(pl.LightningModule):
     `optimizer` and `scheduler` are partials from the config (`_partial_: true`) that take
     the parameters / the optimizer. `config` (the resolved run config) is stored in every
     checkpoint under "ecg_config" so a checkpoint alone says how it was made, and
-    `input_spec` (what the network takes, inputs.py) under "ecg_input". The module keeps a
+    `input_spec` (what the network takes, inputs.py) under "ecg_input", and `seen` (the
+    samples it is fit and validated on, evaluation/seen.py) under "ecg_seen". It keeps a
     per-epoch `history` of the train loss, accuracy and macro-F1 and of every validation
     metric (also in checkpoints; `best()` reads it) and, after `test`, the test targets and
     probabilities in `test_targets` / `test_probs`.
@@ -45,8 +47,10 @@ class ClassifierModule(pl.LightningModule):
         focal_gamma: float = 0.0,
         config: dict | None = None,
         input_spec: InputSpec | None = None,
+        seen: SeenSamples | None = None,
     ) -> None:
         super().__init__()
+        self.seen = seen
         self.net = net
         self.class_names = list(class_names)
         self.optimizer_factory = optimizer
@@ -192,6 +196,8 @@ class ClassifierModule(pl.LightningModule):
         checkpoint["ecg_history"] = [self.history[e] for e in sorted(self.history)]
         if self.input_spec is not None:
             checkpoint["ecg_input"] = self.input_spec.to_dict()
+        if self.seen is not None:
+            checkpoint["ecg_seen"] = self.seen.to_checkpoint()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # checkpoints written before the training sums were kept: resume with empty ones

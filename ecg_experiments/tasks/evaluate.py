@@ -8,62 +8,83 @@ Noise robustness of a signal model: `report.noise_snr_db=[24,12,6,0]` (`report.n
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from torch.utils.data import ConcatDataset, DataLoader
 
 from ecg_experiments.config import build, group_choice, to_container
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.epoch_lines import progress_bar
 from ecg_experiments.errors import ConfigError
-from ecg_experiments.evaluation.attribution import mean_attribution_report
-from ecg_experiments.evaluation.report import report_test_results
-from ecg_experiments.evaluation.robustness import robustness_report
-from ecg_experiments.inputs import RemapLabels, match_classes
+from ecg_experiments.inputs import match_classes
 from ecg_experiments.models.checkpoint import TrainedModel, resolve_trained_model
 from ecg_experiments.models.classifier import ClassifierModule
+from ecg_experiments.tasks.score import Scoring, check_scorable, holdout_parts, score
 from ecg_experiments.tracking import choice_tags, log_run_metadata
 
 log = logging.getLogger(__name__)
 
 
-def _holdout_loader(datamodule: ClassDataModule, holdout: str, lookup: list[int]) -> DataLoader:
-    """The holdout samples with their labels turned into the model's (`match_classes`)."""
-    if holdout not in ("test", "all"):
-        raise ConfigError(f"holdout={holdout!r}: expected 'test' or 'all'")
-    splits = ["test"] if holdout == "test" else [s for s in ("train", "val", "test")
-                                                 if s in datamodule.datasets]
-    if len(splits) == 1:
-        data, collate = datamodule.evaluation_dataset(splits[0]), datamodule.collate_fn
-    else:  # a ConcatDataset is read row by row: PyTorch's default collate
-        data = ConcatDataset([datamodule.evaluation_dataset(s) for s in splits])
-        collate = None
-    return DataLoader(data, batch_size=datamodule.eval_batch_size, shuffle=False,
-                      num_workers=datamodule.num_workers,
-                      collate_fn=RemapLabels(lookup, collate))
+def data_source(data: Any) -> tuple:
+    """What a data config reads, apart from how it splits it: its DataModule and its
+    databases, folder or files (by name, so a copy of the data elsewhere is the same)."""
+    def name(key: str) -> str | None:
+        value = data.get(key)
+        return Path(str(value)).name if value else None
+
+    databases = data.get("databases") or [data.get("database")]
+    return (data.get("_target_"), tuple(map(str, databases)), name("root"), name("train_file"),
+            name("test_file"))
 
 
-def data_for_model(cfg: DictConfig, model: TrainedModel) -> DictConfig:
+def explicit_data_overrides() -> list[str]:
+    """The `data.<key>` options given on the command line (Hydra's task overrides)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    return [k.removeprefix("data.") for k in keys if k.startswith("data.")]
+
+
+def data_for_model(cfg: DictConfig, model: TrainedModel,
+                   explicit: list[str] | None = None) -> DictConfig:
     """The data config to evaluate `model` on: its own run's data, or the `data=...` given,
     composed with the trained model's `model` node (so `${model.input_size}` and the like
-    resolve to the model's) and set to give the model's input (`model.input`)."""
+    resolve to the model's) and set to give the model's input (`model.input`).
+
+    `data=<the model's own data option>` (the same DataModule reading the same databases,
+    folder or files) is the model's own data config, with its own split (kind, seed,
+    records), plus only the `data.<key>` options given on the command line (`explicit`,
+    default: Hydra's overrides): no new split is drawn."""
     if not cfg.get("data"):
         return model.config.data
     root = OmegaConf.merge({"model": model.config.model}, cfg)
     data = root.data
+    trained = model.config.get("data")
+    if trained is not None and data_source(trained) == data_source(data):
+        own = OmegaConf.create(OmegaConf.to_container(trained, resolve=True))
+        given = explicit_data_overrides() if explicit is None else explicit
+        with open_dict(own):
+            for key in given:
+                OmegaConf.update(own, key, OmegaConf.select(data, key), force_add=True)
+        log.info("data=%s is the model's own data: its own split (%s)%s",
+                 group_choice("data"), ", ".join(f"{k}={own.get(k)}" for k in
+                                                 ("split", "seed") if k in own),
+                 f", with {', '.join(given)} as given" if given else "")
+        data = own
     spec = model.input
     if cfg.holdout == "all":
         every_sample_in_test(data)
     with open_dict(data):
         if spec.kind == "image":
-            given = spec.to_dict()
+            given_spec = spec.to_dict()
             for key in ("image_size", "channels", "mean", "std"):
                 if key in data:
-                    data[key] = given[key]
+                    data[key] = given_spec[key]
         else:
             _cut_beats_as_trained(data, model)
     return data
@@ -104,24 +125,24 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint (or an MLflow run's model) and report; return the metrics.
 
     The data is checked against the model's stored input description, and its classes are
-    matched to the model's by name (`class_map` for deliberate renames).
+    matched to the model's by name (`class_map` for deliberate renames). Samples the model
+    was fit or validated on stop it before scoring, unless `allow_seen=true`.
     """
     lookup_uri = cfg.logger.tracking_uri if cfg.get("logger") else cfg.paths.tracking_uri
     model, source_run = resolve_trained_model(cfg.get("ckpt"), cfg.get("run_id"), lookup_uri)
     data_cfg = data_for_model(cfg, model)
     data_option = group_choice("data") if cfg.get("data") else "the model's own data"
-    logger = build(cfg.logger) if cfg.get("logger") else None
     tags = {**choice_tags(), **({"source.run_id": source_run} if source_run else {})}
-    return evaluate_model(cfg, model, data_cfg, data_option, Path(cfg.paths.run_dir), logger,
-                          tags)
+    return evaluate_model(cfg, model, data_cfg, data_option, Path(cfg.paths.run_dir),
+                          (lambda: build(cfg.logger)) if cfg.get("logger") else None, tags)
 
 
 def evaluate_model(cfg: DictConfig, model: TrainedModel, data_cfg: DictConfig,
-                   data_option: str, run_dir: Path, logger: Any, tags: dict[str, str],
-                   title: str | None = None) -> dict[str, float]:
-    """Evaluate a loaded model on the data of `data_cfg` (`cfg.holdout` of it) and report
-    into `run_dir` and the MLflow run of `logger`; `cfg` gives holdout, class_map, trainer,
-    report and seed."""
+                   data_option: str, run_dir: Path, make_logger: Callable[[], Any] | None,
+                   tags: dict[str, str], title: str | None = None) -> dict[str, float]:
+    """Score a loaded model on the data of `data_cfg` (`cfg.holdout` of it) through the
+    scoring stage, into `run_dir` and the MLflow run `make_logger` makes once the data
+    passed its checks; `cfg` gives holdout, class_map, allow_seen, trainer, report, seed."""
     datamodule: ClassDataModule = build(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -131,8 +152,16 @@ def evaluate_model(cfg: DictConfig, model: TrainedModel, data_cfg: DictConfig,
     if lookup != list(range(len(model.class_names))):
         log.info("data classes [%s] matched to the model's [%s] by name",
                  ", ".join(datamodule.class_names), ", ".join(model.class_names))
+    parts = holdout_parts(datamodule, cfg.holdout)
+    scoring = Scoring(cfg.report, int(cfg.seed), run_dir / "report", None,
+                      title or f"Evaluation of {model.checkpoint.name} ({cfg.holdout})",
+                      what=f"{data_option} (holdout={cfg.holdout})", history=model.history,
+                      seen=model.seen, allow_seen=bool(cfg.get("allow_seen")))
+    check_scorable(datamodule, parts, scoring)  # before any MLflow run or test
     module = ClassifierModule(net=model.net, class_names=model.class_names,
-                              config=to_container(model.config), input_spec=model.input)
+                              config=to_container(model.config), input_spec=model.input,
+                              seen=model.seen)
+    logger = make_logger() if make_logger is not None else None
     # lines in a log as training writes them (a bar on a terminal)
     bar = [progress_bar()] if cfg.trainer.get("enable_progress_bar", True) else []
     trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=bar,
@@ -151,19 +180,10 @@ def evaluate_model(cfg: DictConfig, model: TrainedModel, data_cfg: DictConfig,
                 "data.classes": ", ".join(datamodule.class_names),
                 **{f"data.{k}": v for k, v in fingerprint.items()}}
         log_run_metadata(logger, effective, config_file, tags)
-    loader = _holdout_loader(datamodule, cfg.holdout, lookup)
-    results = trainer.test(module, dataloaders=loader, verbose=False)
-    metrics = {k: float(v) for k, v in results[0].items()}
-    metrics.update(report_test_results(
-        module, metrics, model.history, run_dir / "report", cfg.report, cfg.seed, logger,
-        title or f"Evaluation of {model.checkpoint.name} ({cfg.holdout})",
-    ))
-    if cfg.holdout == "test" and datamodule.input_kind == "signal":
-        labels = torch.as_tensor(lookup)[torch.as_tensor(datamodule.labels("test"))]
-        signals = datamodule.signals("test")
-        metrics.update(robustness_report(module.net, signals, labels, model.input,
-                                         cfg.report, run_dir / "report", cfg.seed, logger))
-        mean_attribution_report(module.net, signals, labels, model.input, cfg.report,
-                                run_dir / "report", cfg.seed, logger)
-    metrics["test/samples"] = float(len(loader.dataset))  # returned, not logged
-    return metrics
+    scoring.logger = logger
+    try:
+        return score(module, datamodule, trainer, parts, scoring, lookup)
+    except BaseException:
+        if logger is not None:  # a failed evaluation never stays RUNNING
+            logger.experiment.set_terminated(logger.run_id, "FAILED")
+        raise

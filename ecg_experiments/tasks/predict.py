@@ -23,12 +23,20 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ecg_experiments.data.beats import read_beats_csv
+from ecg_experiments.data.identity import beat_ids, row_ids
 from ecg_experiments.data.images import IMAGE_EXTENSIONS, ImageFiles, image_files, image_transform
-from ecg_experiments.data.physionet import AAMI_CLASSES, Record, databases_of, read_record
+from ecg_experiments.data.physionet import (
+    AAMI_CLASSES,
+    DATABASES,
+    Record,
+    databases_of,
+    read_record,
+)
 from ecg_experiments.data.segment import KachueeRecipe
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.evaluation.plots import plot_rhythm_strip
-from ecg_experiments.io import atomic_path
+from ecg_experiments.evaluation.seen import check_unseen
+from ecg_experiments.io import atomic_path, sha256_file
 from ecg_experiments.models.checkpoint import TrainedModel, resolve_trained_model
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,15 @@ def _record_base(path: Path) -> Path | None:
     """The WFDB record path (without extension) that `path` names, if it names one."""
     base = path.with_suffix("") if path.suffix in (".hea", ".dat", ".atr") else path
     return base if base.with_name(base.name + ".hea").is_file() else None
+
+
+def record_id_of(base: Path) -> str:
+    """`<database>/<record>` of a record path: its folder's name where that names a
+    database, else the database whose record names it looks like (as training names it)."""
+    if base.parent.name in DATABASES:
+        return f"{base.parent.name}/{base.name}"
+    owners = databases_of(base.name)
+    return f"{owners[0].name if owners else base.parent.name}/{base.name}"
 
 
 def record_leads(name: str, data: DictConfig) -> list[str]:
@@ -78,6 +95,7 @@ def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataF
     beats = recipe.extract(record)
     info = pd.DataFrame({"record": record.name, "sample": beats.samples,
                          "symbol": beats.symbols})
+    info["sample_id"] = beat_ids([record_id_of(base)] * len(beats.samples), beats.samples)
     # the reference label by its AAMI class name (never by its index in the model's classes)
     info["true"] = [AAMI_CLASSES[k] if k >= 0 else "" for k in beats.labels]
     info.attrs["record"] = record  # for the rhythm strip of `predict`
@@ -106,7 +124,8 @@ def _image_inputs(path: Path, model: TrainedModel) -> tuple[Dataset, pd.DataFram
                         "or a folder of images for this image model")
     spec = model.input
     transform = image_transform(int(spec.image_size), list(spec.mean), list(spec.std))
-    info = pd.DataFrame({"file": [str(f) for f in files]})
+    info = pd.DataFrame({"file": [str(f) for f in files],
+                         "sample_id": ["sha256:" + sha256_file(f) for f in files]})
     if path.is_dir():
         folders = [f.relative_to(path).parts[0] if len(f.relative_to(path).parts) > 1 else ""
                    for f in files]
@@ -138,7 +157,7 @@ def _signal_inputs(path: Path, model: TrainedModel) -> tuple[np.ndarray, pd.Data
                             "give a WFDB record")
         length = int(model.input.signal_length)
         signals, labels = read_beats_csv(path, length, model.class_names, labelled=None)
-        info = pd.DataFrame({"row": np.arange(len(signals))})
+        info = pd.DataFrame({"row": np.arange(len(signals)), "sample_id": row_ids(signals)})
         if labels is not None:
             info["true"] = [model.class_names[k] for k in labels]
         return signals, info
@@ -172,6 +191,11 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
                         + ("an image file or a folder holding images" if
                            model.input.kind == "image" else "a CSV with rows or a record "
                            "with beats"))
+    included = 0
+    if "true" in frame:  # scored against reference labels: never on samples it trained on
+        included = check_unseen(frame, model.seen, bool(cfg.get("allow_seen")),
+                                f"input={cfg.input}")
+    frame = frame.drop(columns=["sample_id"])
     probs = predict_probabilities(model.net, inputs, int(cfg.batch_size))
     frame["predicted"] = [model.class_names[k] for k in probs.argmax(axis=1)]
     for k, name in enumerate(model.class_names):
@@ -180,6 +204,9 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     with atomic_path(output) as tmp:
         frame.to_csv(tmp, index=False)
     print_summary(frame, model.class_names, output)
+    if included:
+        Console().print(f"includes training data: {included:,} of the beats were fit or "
+                        "validated on (allow_seen=true)")
     if "record" in frame.attrs and float(strip.get("duration") or 0) > 0:
         path, beats, wrong = rhythm_strip(frame, cfg.strip)
         Console().print(f"rhythm strip ({beats} beats"
