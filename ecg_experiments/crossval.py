@@ -2,10 +2,18 @@
 
 The training pool of the data's split (train + validation; the test split is never used)
 is cut into folds by record with scikit-learn's StratifiedGroupKFold (`data.folds`,
-`data.fold`); each fold is one fit, tracked as an MLflow child run of a parent that gets
-the mean and standard deviation of every validation metric at each fold's best epoch. The
-value returned to sweepers is the cross-validated mean, so `hparams_search=optuna` with
-`cv.folds` selects on the training pool alone.
+`data.fold`); each fold is one fit, tracked as an MLflow child run of a parent.
+
+The parent gets (`summarise_folds`) the fold mean and sd of every validation metric
+- at each fold's own best epoch of the monitored metric (`cv/<metric>_mean|_std`) and of
+  each fold's best values (`cv/best/<metric>_mean|_std`): optimistic, since every fold picks
+  its epoch on its own validation data;
+- at one common epoch count, `cv/epochs`, where the fold mean of the monitored metric is
+  best (`cv/at_epochs/<metric>_mean|_std`; the curve over epoch counts is cv_epochs.csv).
+A final fit on the whole pool trains for `cv/epochs` epochs, so the value that selects, the
+one returned to sweepers under the optimised and monitored metric names and logged as
+`best/<metric>`, is the fold mean at `cv/epochs`: the number such a fit reproduces.
+`hparams_search=optuna` with `cv.folds` thus selects on the training pool alone.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import copy
 import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,10 +205,48 @@ def _best_row(history: list[dict[str, float]], metric: str, mode: str) -> dict[s
     return pick(rows, key=lambda row: row[metric]) if rows else {}
 
 
-def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, float]:
-    """Fit every fold of `cfg.cv.folds` and track them under one parent run; return the
-    means over the folds (`cv/...`) and, under the optimised and monitored metric names,
-    the mean of each fold's best value (what sweepers compare)."""
+@dataclass
+class CVSummary:
+    """What the folds of a cross-validation add up to (`summarise_folds`)."""
+
+    per_fold: pd.DataFrame  # each fold at its own best epoch, and its best values (best/...)
+    curve: pd.DataFrame  # fold mean and sd of every validation metric per epoch count
+    metrics: dict[str, float]  # cv/...: what the parent run logs
+    selection: dict[str, float]  # monitored and optimised metric: the fold mean at cv/epochs
+
+
+def summarise_folds(fits: Sequence[Fitted], monitor: str, mode: str,
+                    optimized: str) -> CVSummary:
+    """The parent's numbers from the folds' fits (their per-epoch histories and best values).
+
+    `selection` (what sweepers get, logged as `best/<metric>`) holds, for the monitored and
+    the optimised metric, the fold mean at the common epoch count `cv/epochs`
+    (`cv/at_epochs/<metric>_mean`), the count a final fit trains for; not the mean of each
+    fold's best (`cv/best/<metric>_mean`, kept as the optimistic figure).
+    """
+    rows = []
+    for fold, fitted in enumerate(fits):
+        best = _best_row(fitted.history, monitor, mode)
+        row = {"fold": fold, "epoch": best.get("epoch"), "run_id": fitted.run_id}
+        row.update({k: v for k, v in best.items() if k.startswith("val/")})
+        row.update({f"best/{k}": v for k, v in fitted.metrics.items() if k.startswith("val/")})
+        rows.append(row)
+    per_fold = pd.DataFrame(rows)
+    metrics = summarise(per_fold)
+    curve = epoch_curve([fitted.history for fitted in fits])
+    metrics.update(chosen_epochs(curve, monitor, mode))
+    selection = {name: metrics[f"cv/at_epochs/{name}_mean"]
+                 for name in dict.fromkeys([monitor, optimized])
+                 if f"cv/at_epochs/{name}_mean" in metrics}
+    return CVSummary(per_fold, curve, metrics, selection)
+
+
+def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any],
+                   tags: dict[str, str] | None = None) -> dict[str, float]:
+    """Fit every fold of `cfg.cv.folds` and track them under one parent run (with `tags`
+    added, e.g. the run it nests under); return the means over the folds (`cv/...`) and,
+    under the optimised and monitored metric names, their fold mean at the common epoch
+    count `cv/epochs` (what sweepers compare; `summarise_folds`)."""
     from ecg_experiments.tasks.train import default_run_name, sweep_tags
     from ecg_experiments.tracking import choice_tags, log_files, log_run_metadata
 
@@ -216,7 +262,7 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
     if cfg.get("logger"):
         name = cfg.logger.get("run_name") or default_run_name() or "run"
         parent_id = run_id_in(run_dir) if resuming else None
-        parent = build(cfg.logger, tags={**sweep_tags(), "cv.folds": str(folds)},
+        parent = build(cfg.logger, tags={**sweep_tags(), **(tags or {}), "cv.folds": str(folds)},
                        run_name=f"{name}-cv{folds}", run_id=parent_id)
         with open_dict(cfg):
             cfg.logger.run_name = name
@@ -230,7 +276,8 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
             parent.experiment.update_run(parent_id, status="RUNNING")
     monitor, mode = str(cfg.monitor.metric), str(cfg.monitor.mode)
     optimized = str(cfg.get("optimized_metric") or monitor)
-    rows, assignment, histories = [], [], []
+    fits: list[Fitted] = []
+    assignment = []
     try:
         for fold in range(folds):
             folder = FoldFolder(run_dir, fold)
@@ -240,9 +287,9 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
                          fold + 1, folds, fitted.run_id)
             else:
                 log.info("cross-validation: fold %d of %d", fold + 1, folds)
-                tags = {"cv.fold": str(fold), "cv.folds": str(folds)}
+                fold_tags = {"cv.fold": str(fold), "cv.folds": str(folds)}
                 if parent is not None:
-                    tags["mlflow.parentRunId"] = parent.run_id
+                    fold_tags["mlflow.parentRunId"] = parent.run_id
                 one = fold_config(cfg, fold, folds, run_dir)
                 if resuming and folder.has_checkpoint():
                     with open_dict(one):
@@ -252,14 +299,9 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
                 elif resuming and parent is not None and folder.stale_run_id():
                     # stopped before its first checkpoint: the fold starts again, in a new run
                     parent.experiment.delete_run(folder.stale_run_id())
-                fitted = fit_one(one, tags)
+                fitted = fit_one(one, fold_tags)
                 folder.save(fitted)
-            histories.append(fitted.history)
-            best = _best_row(fitted.history, monitor, mode)
-            row = {"fold": fold, "epoch": best.get("epoch"), "run_id": fitted.run_id}
-            row.update({k: v for k, v in best.items() if k.startswith("val/")})
-            row.update({f"best/{k}": v for k, v in fitted.metrics.items() if k.startswith("val/")})
-            rows.append(row)
+            fits.append(fitted)
             frame = fitted.split
             if frame is not None and "record" in frame:
                 held = frame.loc[frame["split"] == "val", "record"].unique()
@@ -269,15 +311,9 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
             parent.experiment.set_terminated(
                 parent.run_id, "KILLED" if isinstance(err, TrainingInterrupted) else "FAILED")
         raise
-    per_fold = pd.DataFrame(rows)
-    # every column: the validation metrics at the best epoch and best/<metric> of the
-    # monitored and the optimised metric (cv/best/<metric>_mean is what sweepers get)
-    summary = summarise(per_fold)
-    best_means = {name: summary[f"cv/best/{name}_mean"]
-                  for name in {monitor, optimized} if f"best/{name}" in per_fold}
-    # the epoch count a final fit on the whole pool trains for: best fold-mean curve
-    curve = epoch_curve(histories)
-    summary.update(chosen_epochs(curve, monitor, mode))
+    result = summarise_folds(fits, monitor, mode, optimized)
+    per_fold, curve, summary, selection = (result.per_fold, result.curve, result.metrics,
+                                           result.selection)
     per_fold.to_csv(run_dir / "cv_folds.csv", index=False)
     curve.to_csv(run_dir / "cv_epochs.csv", index=False)
     files = {"per_fold": run_dir / "cv_folds.csv", "epochs": run_dir / "cv_epochs.csv"}
@@ -286,30 +322,44 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any]) -> dict[str, fl
         files["records"] = run_dir / "cv_records.csv"
     _print_summary(per_fold, summary, monitor, optimized)
     if parent is not None:
-        parent.log_metrics({**summary, **{f"best/{k}": v for k, v in best_means.items()}})
+        parent.log_metrics({**summary, **{f"best/{k}": v for k, v in selection.items()}})
         log_files(parent, files, "cv")
         parent.finalize("success")
-    log.info("cross-validation of %d folds: %s = %.4f +- %.4f", folds, optimized,
-             best_means.get(optimized, float("nan")),
-             summary.get(f"cv/best/{optimized}_std", float("nan")))
     if "cv/epochs" in summary:
-        log.info("best fold-mean %s after %d epochs: %.4f +- %.4f (a final fit on the whole "
-                 "pool: trainer.max_epochs=%d)", monitor, summary["cv/epochs"],
-                 summary[f"cv/at_epochs/{monitor}_mean"],
-                 summary[f"cv/at_epochs/{monitor}_std"], summary["cv/epochs"])
-    return {**summary, **best_means}
+        log.info("cross-validation of %d folds: %s = %.4f +- %.4f, the fold mean after %d "
+                 "epochs (what selects, and what a final fit on the whole pool with "
+                 "trainer.max_epochs=%d reproduces; the mean of the folds' own bests: %.4f, "
+                 "optimistic)", folds, optimized,
+                 selection.get(optimized, float("nan")),
+                 summary.get(f"cv/at_epochs/{optimized}_std", float("nan")),
+                 summary["cv/epochs"], summary["cv/epochs"],
+                 summary.get(f"cv/best/{optimized}_mean", float("nan")))
+    else:
+        log.warning("cross-validation of %d folds: no fold logged %s, nothing to select on",
+                    folds, monitor)
+    return {**summary, **selection}
 
 
 def _print_summary(per_fold: pd.DataFrame, summary: dict[str, float], *metrics: str) -> None:
+    """Each fold at its own best epoch, their mean (optimistic), then the fold mean at
+    `cv/epochs`: the row that selects."""
     from rich.console import Console
     from rich.table import Table
 
     shown = [m for m in dict.fromkeys([*metrics, "val/acc", "val/loss"]) if m in per_fold]
-    view = Table(title=f"Cross-validation by record ({len(per_fold)} folds, best epoch each)")
+    view = Table(title=f"Cross-validation by record ({len(per_fold)} folds): each at its own "
+                       "best epoch; the last row selects")
     for column in ("fold", "epoch", *shown):
         view.add_column(column, justify="right")
     for row in per_fold.to_dict("records"):
         view.add_row(str(row["fold"]), str(row["epoch"]), *[f"{row[m]:.4f}" for m in shown])
-    view.add_row("mean ± sd", "", *[
-        f"{summary[f'cv/{m}_mean']:.4f} ± {summary[f'cv/{m}_std']:.4f}" for m in shown])
+
+    def mean_sd(prefix: str, metric: str) -> str:
+        mean, sd = summary.get(f"{prefix}{metric}_mean"), summary.get(f"{prefix}{metric}_std")
+        return "" if mean is None else f"{mean:.4f} ± {sd:.4f}"
+
+    view.add_row("mean ± sd", "own best", *[mean_sd("cv/", m) for m in shown])
+    if "cv/epochs" in summary:
+        view.add_row("mean ± sd", f"after {int(summary['cv/epochs'])} (cv/epochs)",
+                     *[mean_sd("cv/at_epochs/", m) for m in shown])
     Console(width=max(Console().width, 100)).print(view)

@@ -23,9 +23,7 @@ from ecg_experiments.config import build, group_choice, to_container, validate_t
 from ecg_experiments.crossval import Fitted, cross_validate
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.errors import ConfigError
-from ecg_experiments.evaluation.attribution import mean_attribution_report
-from ecg_experiments.evaluation.report import report_test_results
-from ecg_experiments.evaluation.robustness import robustness_report
+from ecg_experiments.evaluation.seen import SeenSamples
 from ecg_experiments.interruption import (
     TERMINATED_EXIT_CODE,
     CheckpointOnTerminate,
@@ -41,6 +39,7 @@ from ecg_experiments.sweepers.optuna import build_from_config
 from ecg_experiments.sweepers.parent_run import parent_run_file
 from ecg_experiments.sweepers.pruning import OptunaPruning
 from ecg_experiments.tasks.explore import explore_data
+from ecg_experiments.tasks.score import Scoring, check_scorable, score
 from ecg_experiments.tracking import (
     RUN_ID_FILE,
     choice_tags,
@@ -229,14 +228,65 @@ def train(cfg: DictConfig) -> dict[str, float]:
     value over the epochs of the monitored and of the optimised validation metric under
     their names (`cfg.monitor.metric`, `cfg.optimized_metric`). With `cv.folds`, the run is
     a record-grouped cross-validation instead (`cross_validate`): no test split is scored
-    and the values are the means over the folds.
+    and the values are the fold means at `cv/epochs`. With `repeat.seeds`, each seed is one such
+    run (`repeat_seeds`) and the values are the seed means (`seeds/...`).
     """
+    from ecg_experiments.repeats import repeat_seeds
+
     try:
+        if OmegaConf.select(cfg, "repeat.seeds") is not None:
+            return repeat_seeds(cfg, fit_one)
         if (cfg.get("cv") or {}).get("folds"):
             return cross_validate(cfg, fit_one)
         return fit_one(cfg).metrics
     except TrainingInterrupted as stop:  # the whole run (all folds) resumes from its folder
         exit_interrupted(stop, Path(cfg.paths.run_dir))
+
+
+def _after_fit(cfg: DictConfig, module: ClassifierModule, datamodule: ClassDataModule,
+               trainer: pl.Trainer, validation_metrics: dict[str, str],
+               history: list[dict[str, float]], scoring: Scoring, tracked: Any
+               ) -> dict[str, float]:
+    """The best validation values, the test of the best checkpoint (the scoring stage) and
+    the other test sets, and the logged model; returns the run's metrics."""
+    metrics: dict[str, float] = {}
+    # the checkpoint of the best validation epoch, or of the last epoch when model_checkpoint
+    # monitors nothing (a fixed epoch count, e.g. the one CV chose); time_checkpoint keeps
+    # no top-k checkpoint
+    checkpoint = next((c for c in trainer.callbacks
+                       if isinstance(c, ModelCheckpoint) and c.save_top_k != 0), None)
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    # the best value over the epochs of the monitored and the optimised metric: what the
+    # sweeper gets, what the parent run of a sweep compares (best/<metric>)
+    best = {name: module.best(name, mode) for name, mode in validation_metrics.items()}
+    best = {name: value for name, value in best.items() if value is not None}
+    metrics.update(best)
+    if tracked is not None and best:
+        tracked.log_metrics({f"best/{name}": value for name, value in best.items()})
+    if cfg.get("test"):
+        scoring.history, scoring.logger = history, tracked
+        try:
+            metrics.update(score(module, datamodule, trainer, ["test"], scoring,
+                                 ckpt_path=best_path or None))
+        except SIGTERMException as err:  # the fit is complete: resume=true tests it again
+            raise _interrupted(tracked, "Terminated (SIGTERM) while testing",
+                               TERMINATED_EXIT_CODE) from err
+        test_samples = int(metrics.pop("test/samples", 0))
+        if trainer.is_global_zero and cfg.get("also_test") and not best_path:
+            log.warning("also_test: no best checkpoint was saved (fast_dev_run or "
+                        "checkpointing off): the other test sets are skipped")
+        elif trainer.is_global_zero and cfg.get("also_test"):  # other data, one table
+            from ecg_experiments.crossdb import also_test
+
+            metrics.update(also_test(cfg, best_path, metrics, test_samples,
+                                     Path(cfg.paths.run_dir), tracked))
+    if tracked is not None and cfg.report.log_model:
+        example = next(iter(datamodule.test_dataloader()))[0][:4]
+        preprocessing = {"input": datamodule.input_spec().to_dict(),
+                         "data": to_container(cfg.data)}
+        log_model(tracked, module.net, example, datamodule.class_names, preprocessing,
+                  best_path or None)
+    return metrics
 
 
 def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
@@ -258,12 +308,20 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
                        run_name=cfg.logger.get("run_name") or default_run_name())
 
     datamodule: ClassDataModule = build(cfg.data)
+    datamodule.training_seed = int(cfg.seed)  # the order of training samples; data.seed splits
     datamodule.prepare_data()
     datamodule.setup("fit")
     if cfg.data.get("class_names") is None:  # found in the data (e.g. image folder names)
         with open_dict(cfg):
             cfg.data.class_names = list(datamodule.class_names)
     validation_metrics = check_optimized_metric(cfg, datamodule.class_names)
+    seen_frame = datamodule.seen_frame()
+    scoring = Scoring(cfg.report, int(cfg.seed), run_dir / "report", None,
+                      "Test metrics per class (best checkpoint)",
+                      seen=SeenSamples.from_frame(seen_frame) if seen_frame is not None
+                      else None, allow_seen=bool(cfg.get("allow_seen")))
+    if cfg.get("test"):  # test samples identical to training ones stop it before any work
+        check_scorable(datamodule, ["test"], scoring)
     net = build(cfg.model.net)
     init = None
     if cfg.model.get("init_from"):  # fine-tune a previous model (before freezing)
@@ -291,6 +349,7 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
         focal_gamma=float(cfg.loss.get("focal_gamma") or 0.0),
         config=to_container(cfg),
         input_spec=datamodule.input_spec(),
+        seen=scoring.seen,
     )
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
@@ -339,57 +398,15 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
     finally:
         datamodule.shutdown_workers()
     history = [module.history[epoch] for epoch in sorted(module.history)]
-
-    metrics: dict[str, float] = {}
-    # the checkpoint of the best validation epoch, or of the last epoch when model_checkpoint
-    # monitors nothing (a fixed epoch count, e.g. the one CV chose); time_checkpoint keeps
-    # no top-k checkpoint
-    checkpoint = next((c for c in trainer.callbacks
-                       if isinstance(c, ModelCheckpoint) and c.save_top_k != 0), None)
-    best_path = checkpoint.best_model_path if checkpoint is not None else ""
-    # the best value over the epochs of the monitored and the optimised metric: what the
-    # sweeper gets, what the parent run of a sweep compares (best/<metric>)
-    best = {name: module.best(name, mode) for name, mode in validation_metrics.items()}
-    best = {name: value for name, value in best.items() if value is not None}
-    metrics.update(best)
-    if tracked is not None and best:
-        tracked.log_metrics({f"best/{name}": value for name, value in best.items()})
-    if cfg.get("test"):
-        try:
-            results = trainer.test(module, datamodule=datamodule,
-                                   ckpt_path=best_path or None, verbose=False)
-        except SIGTERMException as err:  # the fit is complete: resume=true tests it again
-            raise _interrupted(tracked, "Terminated (SIGTERM) while testing",
-                               TERMINATED_EXIT_CODE) from err
-        metrics.update({k: float(v) for k, v in results[0].items()})
-        if trainer.is_global_zero:
-            metrics.update(report_test_results(
-                module, metrics, history, run_dir / "report", cfg.report, cfg.seed, tracked,
-                "Test metrics per class (best checkpoint)",
-            ))
-            if datamodule.input_kind == "signal":
-                test_signals = datamodule.signals("test")
-                test_labels = torch.as_tensor(datamodule.labels("test"))
-                metrics.update(robustness_report(
-                    module.net, test_signals, test_labels, datamodule.input_spec(),
-                    cfg.report, run_dir / "report", cfg.seed, tracked))
-                mean_attribution_report(module.net, test_signals, test_labels,
-                                        datamodule.input_spec(), cfg.report,
-                                        run_dir / "report", cfg.seed, tracked)
-            if cfg.get("also_test") and not best_path:
-                log.warning("also_test: no best checkpoint was saved (fast_dev_run or "
-                            "checkpointing off): the other test sets are skipped")
-            elif cfg.get("also_test"):  # the best checkpoint on other data, one table
-                from ecg_experiments.crossdb import also_test
-
-                metrics.update(also_test(cfg, best_path, metrics,
-                                         len(datamodule.labels("test")), run_dir, tracked))
-    if tracked is not None and cfg.report.log_model:
-        example = next(iter(datamodule.test_dataloader()))[0][:4]
-        preprocessing = {"input": datamodule.input_spec().to_dict(),
-                         "data": to_container(cfg.data)}
-        log_model(tracked, module.net, example, datamodule.class_names, preprocessing,
-                  best_path or None)
+    try:
+        metrics = _after_fit(cfg, module, datamodule, trainer, validation_metrics, history,
+                             scoring, tracked)
+    except TrainingInterrupted:
+        raise
+    except BaseException:  # a failure after training never leaves the run RUNNING
+        if tracked is not None:
+            tracked.experiment.set_terminated(tracked.run_id, "FAILED")
+        raise
     if tracked is not None:
         # Lightning finalises its loggers, but not under fast_dev_run (it swaps in a dummy)
         tracked.finalize("success")
