@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ecg_experiments.config import build
 from ecg_experiments.errors import DataError
-from ecg_experiments.evaluation.seen import SeenSamples
+from ecg_experiments.evaluation.seen import SeenDataError, SeenSamples
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def also_test(cfg: DictConfig, checkpoint: str, test_metrics: dict[str, float],
 
     model = load_trained_model(Path(checkpoint))
     settings = OmegaConf.create({"holdout": "test", "class_map": None, "seed": cfg.seed,
+                                 "allow_seen": bool(cfg.get("allow_seen")),
                                  "trainer": OmegaConf.to_container(cfg.trainer, resolve=True),
                                  "report": OmegaConf.to_container(cfg.report, resolve=True)})
     with open_dict(settings):
@@ -99,6 +100,11 @@ def also_test(cfg: DictConfig, checkpoint: str, test_metrics: dict[str, float],
                                      run_dir / "also_test" / str(name), make_logger,
                                      {"source.run_id": parent.run_id} if parent else {},
                                      f"{name}: the best checkpoint on all its unseen beats")
+        except SeenDataError as err:  # samples the model was fit on, no record to drop
+            log.warning("also_test.%s: not scored: %s", name, err)
+            rows.append(summary_row(str(name), {}, 0, "not scored: holds samples the model "
+                                    "was fit or validated on (allow_seen=true scores them)"))
+            continue
         except DataError as err:
             if not left_out:
                 raise

@@ -191,8 +191,8 @@ def repeat_seeds(cfg: DictConfig, fit_one: Callable[..., Fitted],
         OmegaConf.save(cfg, run_dir / REPEAT_CONFIG, resolve=True)
     pinned = pinned_data_seeds(cfg)
     log.info("repeat over seeds %s: the data split stays the same for every seed (%s "
-             "pinned; data.seed also orders the training samples); seed=<s> changes the "
-             "initial weights, dropout, augmentation and the reports' draws",
+             "pinned); seed=<s> changes the initial weights, the order of the training "
+             "samples, dropout, augmentation and the reports' draws",
              ", ".join(map(str, seeds)),
              ", ".join(f"{k}={v}" for k, v in pinned.items()) or "no data seed")
     listed = ",".join(map(str, seeds))

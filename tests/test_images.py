@@ -236,5 +236,6 @@ def test_split_frame_is_what_training_saves(tmp_path: Path, compose_train) -> No
     [run] = all_runs(tmp_path)
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert "split.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert list(saved.columns) == ["index", "split", "path", "label", "sha256", "duplicate"]
+    assert list(saved.columns) == ["index", "split", "path", "label", "sha256", "duplicate",
+                                   "sample_id"]
     assert saved.groupby("split").size().to_dict() == {"test": 6, "train": 28, "val": 6}

@@ -144,7 +144,8 @@ def test_explain_beats_of_a_csv_and_of_a_record(trained_run, tmp_path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == [
         "000_row00000.png", "001_row00150.png", "002_row00499.png", "explanations.csv"]
     predicted = predict(compose_config(tmp_path / "p", [f"ckpt={checkpoint}",
-                                                        f"input={trained_run['csv']}"],
+                                                        f"input={trained_run['csv']}",
+                                             "allow_seen=true"],
                                        "predict"))
     assert list(rows["predicted"]) == list(predicted["predicted"][[0, 150, 499]])
     first = explain(compose_config(tmp_path / "rec1", [f"ckpt={checkpoint}",
@@ -177,7 +178,8 @@ def test_predict_a_record_without_annotations_and_a_csv(trained_run, tmp_path) -
     frame = predict(cfg)
     assert abs(len(frame) - 2273) <= 5  # XQRS finds the beats
     assert (frame["symbol"] == "?").all()
-    cfg = compose_config(tmp_path / "csv", [f"ckpt={checkpoint}", f"input={trained_run['csv']}"],
+    cfg = compose_config(tmp_path / "csv", [f"ckpt={checkpoint}", f"input={trained_run['csv']}",
+                                             "allow_seen=true"],
                          "predict")
     frame = predict(cfg)
     assert len(frame) == 500 and (frame["true"].value_counts() == 100).all()

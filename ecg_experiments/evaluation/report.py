@@ -179,6 +179,8 @@ def write_report(
     With `groups` (the record of each sample) the intervals resample records."""
     out_dir.mkdir(parents=True, exist_ok=True)
     y_pred = probs.argmax(axis=1)
+    if groups is not None and len(np.unique(np.asarray(groups).astype(str))) < 2:
+        bootstrap_rounds = 0  # one record: every resample is the same, no interval to give
     matrices = bootstrap_confusions(y_true, y_pred, len(class_names), bootstrap_rounds,
                                     seed, groups=groups) if bootstrap_rounds > 0 else None
     ci_over = ci_unit(groups, len(y_true)) if matrices is not None else ""

@@ -20,6 +20,10 @@ from ecg_experiments.data.identity import ID, hash_ids
 from ecg_experiments.errors import ConfigError
 
 
+class SeenDataError(ConfigError):
+    """Samples to score that the model was fit or validated on (allow_seen=false)."""
+
+
 @dataclass
 class SeenSamples:
     """Hashes of the samples a model was fit and validated on, and their records."""
@@ -44,6 +48,15 @@ class SeenSamples:
         if not stored:
             return None
         return cls(np.frombuffer(stored["hashes"], dtype=np.uint64), dict(stored["records"]))
+
+    def merged(self, other: SeenSamples | None) -> SeenSamples:
+        """These samples and `other`'s (a model fine-tuned from another has seen both)."""
+        if other is None:
+            return self
+        records = dict(self.records)
+        for record, count in other.records.items():
+            records[record] = records.get(record, 0) + count
+        return SeenSamples(np.union1d(self.hashes, other.hashes), records)
 
     def seen(self, frame: pd.DataFrame) -> np.ndarray:
         """Which rows of a sample frame the model was fit or validated on."""
@@ -75,7 +88,7 @@ def check_unseen(frame: pd.DataFrame, seen: SeenSamples | None, allow_seen: bool
     if not mask.any():
         return 0
     if not allow_seen:
-        raise ConfigError(
+        raise SeenDataError(
             f"{what}: {describe_overlap(frame, mask)} were seen by the model in training or "
             "validation; a model is never scored on data it trained on. Score data it has not "
             "seen (evaluate without data=... uses its own test split), or set allow_seen=true "

@@ -36,8 +36,12 @@ def data_source(data: Any) -> tuple:
         return Path(str(value)).name if value else None
 
     databases = data.get("databases") or [data.get("database")]
+    source = data.get("source") or {}  # beats drawn as images: which beats, which renderer
+    beats = source.get("beats") or {}
+    drawn = (source.get("_target_"), (source.get("renderer") or {}).get("_target_"),
+             tuple(map(str, beats.get("databases") or [beats.get("database")])))
     return (data.get("_target_"), tuple(map(str, databases)), name("root"), name("train_file"),
-            name("test_file"))
+            name("test_file"), drawn)
 
 
 def explicit_data_overrides() -> list[str]:
@@ -60,12 +64,12 @@ def data_for_model(cfg: DictConfig, model: TrainedModel,
     folder or files) is the model's own data config, with its own split (kind, seed,
     records), plus only the `data.<key>` options given on the command line (`explicit`,
     default: Hydra's overrides): no new split is drawn."""
-    if not cfg.get("data"):
-        return model.config.data
-    root = OmegaConf.merge({"model": model.config.model}, cfg)
-    data = root.data
     trained = model.config.get("data")
-    if trained is not None and data_source(trained) == data_source(data):
+    if not cfg.get("data"):
+        data = OmegaConf.create(OmegaConf.to_container(trained, resolve=True))
+    else:
+        data = OmegaConf.merge({"model": model.config.model}, cfg).data
+    if cfg.get("data") and trained is not None and data_source(trained) == data_source(data):
         own = OmegaConf.create(OmegaConf.to_container(trained, resolve=True))
         given = explicit_data_overrides() if explicit is None else explicit
         with open_dict(own):
@@ -77,6 +81,11 @@ def data_for_model(cfg: DictConfig, model: TrainedModel,
                  f", with {', '.join(given)} as given" if given else "")
         data = own
     spec = model.input
+    with open_dict(data):
+        if "balance" in data:  # scoring reads every sample once: no rebalanced rows
+            data.balance = "none"
+        if cfg.holdout == "all" and data.get("folds") is not None:  # every sample, no fold
+            data.folds = data.fold = None
     if cfg.holdout == "all":
         every_sample_in_test(data)
     with open_dict(data):

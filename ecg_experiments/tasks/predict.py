@@ -109,6 +109,15 @@ def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataF
     return beats.signals, info
 
 
+def _content_id(path: Path) -> str:
+    """An image file's identity (its content); an unreadable file is named by its path and
+    fails with a clear error where it is read."""
+    try:
+        return "sha256:" + sha256_file(path)
+    except OSError:
+        return f"path:{path}"
+
+
 def _image_inputs(path: Path, model: TrainedModel) -> tuple[Dataset, pd.DataFrame]:
     """Images of a file or folder, preprocessed as in the model's evaluation.
 
@@ -125,7 +134,7 @@ def _image_inputs(path: Path, model: TrainedModel) -> tuple[Dataset, pd.DataFram
     spec = model.input
     transform = image_transform(int(spec.image_size), list(spec.mean), list(spec.std))
     info = pd.DataFrame({"file": [str(f) for f in files],
-                         "sample_id": ["sha256:" + sha256_file(f) for f in files]})
+                         "sample_id": [_content_id(f) for f in files]})
     if path.is_dir():
         folders = [f.relative_to(path).parts[0] if len(f.relative_to(path).parts) > 1 else ""
                    for f in files]

@@ -107,6 +107,11 @@ def score(module: ClassifierModule, datamodule: ClassDataModule, trainer: pl.Tra
     if not trainer.is_global_zero:
         return metrics
     logger = scoring.logger
+    if trainer.world_size > 1:  # gathered rank by rank: not the order of the sample frame
+        log.warning("scored on %d devices: predictions.csv has no sample ids and the intervals "
+                    "resample samples, not records (score on one device for those)",
+                    trainer.world_size)
+        frame = None
     note = (f"includes training data: {included:,} of the scored samples were fit or "
             "validated on (allow_seen=true)") if included else ""
     if included:

@@ -327,6 +327,12 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
     if cfg.model.get("init_from"):  # fine-tune a previous model (before freezing)
         init = init_from(net, str(cfg.model.init_from), cfg.paths.tracking_uri,
                          datamodule.class_names, cfg.model.get("init_class_map"))
+    if init is not None and scoring.seen is not None:  # what the source model saw, it saw
+        stored = torch.load(init.source, map_location="cpu", weights_only=True)
+        scoring.seen = scoring.seen.merged(SeenSamples.from_checkpoint(
+            stored.get("ecg_seen") if isinstance(stored, dict) else None))
+        if cfg.get("test"):
+            check_scorable(datamodule, ["test"], scoring)
     freeze = build(cfg.freeze) if cfg.get("freeze") else NoFreezing()
     freeze.apply(net)
     if (not isinstance(freeze, NoFreezing) and cfg.model.get("pretrained", "") is None
