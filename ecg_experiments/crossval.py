@@ -130,12 +130,18 @@ CV_CONFIG = "cv_config.yaml"
 RESUME_KEYS = ("resume", "ckpt_path")
 
 
-def check_same_configuration(cfg: DictConfig, run_dir: Path) -> None:
-    """Before a resume: the configuration must be the one the stopped cross-validation ran
-    (saved as cv_config.yaml when it started), or its folds would mix two experiments."""
+def keep_configuration(cfg: DictConfig, run_dir: Path, resuming: bool,
+                       saved_name: str = CV_CONFIG, what: str = "the cross-validation") -> None:
+    """A run made of several fits (a cross-validation, a repeat over seeds) saves its
+    configuration as `saved_name` when it starts; a resume must have the same one (apart
+    from RESUME_KEYS), or its fits would mix two experiments."""
     from ecg_experiments.tracking import flatten_config
 
-    saved_file = run_dir / CV_CONFIG
+    saved_file = run_dir / saved_name
+    if not resuming:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, saved_file, resolve=True)
+        return
     if not saved_file.is_file():
         return
     saved = flatten_config(OmegaConf.load(saved_file))
@@ -144,7 +150,7 @@ def check_same_configuration(cfg: DictConfig, run_dir: Path) -> None:
                     if saved.get(k) != now.get(k) and k.split(".")[0] not in RESUME_KEYS)
     if differ:
         shown = ", ".join(f"{k} ({saved.get(k)} -> {now.get(k)})" for k in differ[:5])
-        raise ConfigError(f"resume of the cross-validation in {run_dir}: its configuration "
+        raise ConfigError(f"resume of {what} in {run_dir}: its configuration "
                           f"differs from the one it started with: {shown}"
                           + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
                           + "; resume with the printed command, or start a new run")
@@ -253,11 +259,7 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any],
     folds = check_cross_validation(cfg)
     run_dir = Path(cfg.paths.run_dir)
     resuming = _resuming(cfg, run_dir)
-    if resuming:
-        check_same_configuration(cfg, run_dir)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / CV_CONFIG, resolve=True)
+    keep_configuration(cfg, run_dir, resuming)
     parent = None
     if cfg.get("logger"):
         name = cfg.logger.get("run_name") or default_run_name() or "run"

@@ -24,15 +24,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ecg_experiments.config import build
 from ecg_experiments.crossval import (
-    RESUME_KEYS,
     Fitted,
     FoldFolder,
     check_cross_validation,
     cross_validate,
+    keep_configuration,
 )
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.interruption import TrainingInterrupted, slurm_restart_count
-from ecg_experiments.tracking import RUN_ID_FILE, flatten_config, run_id_in
+from ecg_experiments.tracking import RUN_ID_FILE, run_id_in
 
 log = logging.getLogger(__name__)
 
@@ -140,20 +140,6 @@ def _resuming(cfg: DictConfig, run_dir: Path) -> bool:
     return started and slurm_restart_count() >= 1
 
 
-def check_same_repeat(cfg: DictConfig, run_dir: Path) -> None:
-    """Before a resume: the configuration must be the one the repeat started with."""
-    saved = flatten_config(OmegaConf.load(run_dir / REPEAT_CONFIG))
-    now = flatten_config(cfg)
-    differ = sorted(k for k in set(saved) | set(now)
-                    if saved.get(k) != now.get(k) and k.split(".")[0] not in RESUME_KEYS)
-    if differ:
-        shown = ", ".join(f"{k} ({saved.get(k)} -> {now.get(k)})" for k in differ[:5])
-        raise ConfigError(f"resume of the repeat over seeds in {run_dir}: its configuration "
-                          f"differs from the one it started with: {shown}"
-                          + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
-                          + "; resume with the printed command, or start a new run")
-
-
 def seeds_table(results: list[tuple[int, Fitted]]) -> pd.DataFrame:
     """One row per seed: seed, run_id and every metric all seeds returned."""
     common = [k for k in results[0][1].metrics
@@ -184,11 +170,7 @@ def repeat_seeds(cfg: DictConfig, fit_one: Callable[..., Fitted],
     folds = (cfg.get("cv") or {}).get("folds")
     run_dir = Path(cfg.paths.run_dir)
     resuming = _resuming(cfg, run_dir)
-    if resuming:
-        check_same_repeat(cfg, run_dir)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / REPEAT_CONFIG, resolve=True)
+    keep_configuration(cfg, run_dir, resuming, REPEAT_CONFIG, "the repeat over seeds")
     pinned = pinned_data_seeds(cfg)
     log.info("repeat over seeds %s: the data split stays the same for every seed (%s "
              "pinned); seed=<s> changes the initial weights, the order of the training "

@@ -10,7 +10,6 @@ Identities are kept as sorted 64-bit hashes (8 bytes a sample: 0.4 MB for all of
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,10 +60,6 @@ class SeenSamples:
     def seen(self, frame: pd.DataFrame) -> np.ndarray:
         """Which rows of a sample frame the model was fit or validated on."""
         return np.isin(hash_ids(frame[ID]), self.hashes)
-
-    def seen_records(self, records: Iterable[str]) -> list[str]:
-        """The given records that the model saw any sample of."""
-        return sorted({str(r) for r in records} & set(self.records))
 
 
 def describe_overlap(frame: pd.DataFrame, seen: np.ndarray) -> str:
