@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -37,13 +38,52 @@ def _test_part(metrics: dict[str, float]) -> dict[str, float]:
             and not k.endswith(("_ci_low", "_ci_high")) and "/noise/" not in k}
 
 
-@pytest.mark.parametrize("option", ["mitbih", "beats_csv"])
+RECORDS = "[100,106,119,208,209]"
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real public beats drawn as 64x64 line images, 12 in each of the N, S and V folders."""
+    from ecg_experiments.data.beats import read_beats_csv
+    from ecg_experiments.data.render import WaveformRenderer, write_images
+
+    root = tmp_path_factory.mktemp("images")
+    x, y = read_beats_csv(shared_path("kachuee_samples", "mitbih_train_sample.csv"))
+    for label, name in enumerate("NSV"):
+        (root / name).mkdir()
+        rows = np.flatnonzero(y == label)[:12]
+        write_images(WaveformRenderer(), x[rows], 125.0, 64,
+                     [root / name / f"{i:04d}.png" for i in range(len(rows))])
+    return root
+
+
+def _option(option: str, small_csv: Path, image_root: Path) -> tuple[str, list[str]]:
+    """The model and the data overrides of a small run on every data option."""
+    if option == "mitbih":
+        return "cnn1d", _mitbih("[100,101,103,105,106,108]")
+    if option == "physionet":  # two databases at once
+        return "cnn1d", ["data=physionet", "data.databases=[mitdb,svdb]",
+                         f"data.dirs.mitdb={shared_path('mitdb')}",
+                         f"data.dirs.svdb={shared_path('svdb')}", "data.download=false",
+                         "data.records=[106,208,svdb/800,svdb/801]", "data.batch_size=64"]
+    if option == "beats_csv":
+        return "cnn1d", ["data=beats_csv", f"data.train_file={small_csv}", "data.batch_size=32"]
+    if option == "image_folder":
+        return "cnn2d", ["data=image_folder", f"data.root={image_root}", "data.num_workers=0",
+                         "data.batch_size=8"]
+    # drawn from the records' beats on the fly
+    return "cnn2d", [f"data={option}", f"paths.mitdb_dir={shared_path('mitdb')}",
+                     "data.source.beats.download=false", f"data.source.beats.records={RECORDS}",
+                     "data.max_per_class=12", "data.num_workers=0", "data.batch_size=16"]
+
+
+@pytest.mark.parametrize("option", ["mitbih", "physionet", "beats_csv", "image_folder",
+                                    "spectrogram", "scalogram", "beat_images"])
 def test_evaluate_on_its_own_data_option_scores_its_own_test_split(
-        option, compose_train, small_csv, tmp_path) -> None:
-    data = (_mitbih("[100,101,103,105,106,108]") if option == "mitbih"
-            else ["data=beats_csv", f"data.train_file={small_csv}", "data.batch_size=32"])
+        option, compose_train, small_csv, image_root, tmp_path) -> None:
+    model, data = _option(option, small_csv, image_root)
+    cfg = compose_train([f"model={model}", *data, *FAST, *FEW, "seed=7"])
     # seed 7: the data's split seed too; evaluate's own seed is 42
-    cfg = compose_train(["model=cnn1d", *data, *FAST, *FEW, "seed=7"])
     trained = train(cfg)
     run_dir = Path(cfg.paths.run_dir)
     evaluated = evaluate(compose_train([f"ckpt={_checkpoint(run_dir)}", *data, "logger=none",

@@ -146,6 +146,26 @@ def write_beats_csv(path: str | os.PathLike, signals: np.ndarray, labels: np.nda
         pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(include_header=False))
 
 
+def _split_unique_rows(ids: np.ndarray, labels: np.ndarray, fractions: dict[str, float],
+                       seed: int, class_names: Sequence[str], source: str
+                       ) -> dict[str, np.ndarray]:
+    """A stratified split in which rows with identical values share a part: a copy of a
+    training row in the test split would be scored as unseen."""
+    unique, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    if len(unique) == len(ids):
+        return stratified_split(labels, fractions, seed, class_names, source)
+    copies = len(ids) - len(unique)
+    mixed = int((pd.Series(labels).groupby(inverse).nunique() > 1).sum())
+    log.warning("%s: %d row(s) repeat another row's values%s; each set of copies is kept in "
+                "one split", source, copies,
+                f" ({mixed} set(s) with different labels)" if mixed else "")
+    chosen = stratified_split(labels[first], fractions, seed, class_names, source)
+    part_of = np.full(len(unique), "", dtype=object)
+    for name, rows in chosen.items():
+        part_of[rows] = name
+    return {name: np.flatnonzero(part_of[inverse] == name) for name in chosen}
+
+
 def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """Collate function for BatchedTensors: the batch is already stacked."""
     return batch
@@ -294,9 +314,9 @@ class BeatsDataModule(BeatsDataModuleBase):
                 "val": self.val_fraction,
                 "test": self.test_fraction,
             }
-        parts = stratified_split(labels, fractions, self.seed, self.class_names, source)
-        arrays = {name: (signals[index], labels[index]) for name, index in parts.items()}
         ids = np.array(row_ids(signals))  # the identity of each row: its values
+        parts = _split_unique_rows(ids, labels, fractions, self.seed, self.class_names, source)
+        arrays = {name: (signals[index], labels[index]) for name, index in parts.items()}
         table = split_table(parts, label=labels, sample_id=ids).assign(file=source)
         if self.test_file is not None:
             test_signals, test_labels = self._read(self.test_file)

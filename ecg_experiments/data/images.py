@@ -21,7 +21,13 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from ecg_experiments.data.base import ClassDataModule
-from ecg_experiments.data.render import BeatRows, RenderedBeatImages, RenderedBeats
+from ecg_experiments.data.identity import ALSO, rendered_beat_id
+from ecg_experiments.data.render import (
+    BeatRows,
+    RenderedBeatImages,
+    RenderedBeats,
+    is_rendered_folder,
+)
 from ecg_experiments.data.splits import cv_fold, grouped_split, split_table, stratified_split
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.inputs import InputSpec
@@ -302,7 +308,8 @@ class ImageDataModule(ClassDataModule):
                  for label, name in zip(rows.labels, rows.names, strict=True)]
         digests = [hashlib.sha256(beat.tobytes()).hexdigest() for beat in rows.signals]
         frame = pd.DataFrame({"path": paths, "label": rows.labels, "given": None,
-                              "sha256": digests, "row": np.arange(len(paths))})
+                              "sha256": digests, "row": np.arange(len(paths)),
+                              ALSO: [rendered_beat_id(name) for name in rows.names]})
         self.skipped_images = 0
         return frame
 
@@ -339,6 +346,8 @@ class ImageDataModule(ClassDataModule):
                     )
                 rows += [(path, label, part) for path in files]
         frame = pd.DataFrame(rows, columns=["path", "label", "given"])
+        if is_rendered_folder(root):  # its files are beats of records: say which
+            frame[ALSO] = [rendered_beat_id(Path(path).name) for path in frame["path"]]
         with ThreadPoolExecutor(max_workers=4) as pool:
             checked = list(pool.map(_check_file, frame["path"]))
         frame["sha256"] = [digest for digest, _ in checked]
@@ -462,6 +471,8 @@ class ImageDataModule(ClassDataModule):
         relative = [str(p if self.on_the_fly else Path(p).relative_to(self.root))
                     for p in frame["path"]]
         columns = {} if records is None else {"record": records}
+        if ALSO in frame:
+            columns[ALSO] = frame[ALSO].to_numpy()
         self.split_frame = split_table(parts, path=np.array(relative),
                                        label=frame["label"].to_numpy(),
                                        sha256=frame["sha256"].to_numpy(),

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ecg_experiments.data.augment import SignalAugment
 from ecg_experiments.data.beats import BeatsDataModuleBase, write_beats_csv
-from ecg_experiments.data.identity import beat_ids
+from ecg_experiments.data.identity import ALSO, beat_ids, row_ids
 from ecg_experiments.data.physionet import (
     AAMI_CLASSES,
     DS1,
@@ -534,6 +534,8 @@ class PhysionetDataModule(BeatsDataModuleBase):
         frame["sample_id"] = beat_ids(frame["record"], frame["sample"])
         self._save_split(frame, table, parts)
         signals = table.beats.signals
+        # and as the row of a beats CSV it is exported to (mitbih_train.csv): the same beat
+        frame[ALSO] = np.asarray(row_ids(signals))[frame["index"].to_numpy()]
         if self.rr_features:  # appended after the samples; the model splits them off
             signals = np.concatenate([signals, table.beats.features], axis=1)
         arrays = {name: (signals[i], labels[i]) for name, i in parts.items()}

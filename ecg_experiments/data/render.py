@@ -215,6 +215,16 @@ class BeatRows:
     rate: float
 
 
+def is_rendered_folder(folder: Path) -> bool:
+    """Whether `folder` is one RenderedBeats wrote (its manifest names the beats it drew):
+    its file names then say which beat of which record each image shows."""
+    manifest = Path(folder) / "manifest.json"
+    try:
+        return "beats_manifest_sha256" in json.loads(manifest.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 class RenderedBeatImages(Dataset):
     """(image tensor, label) pairs, each image rendered from its beat when read (in the
     DataLoader's workers): the renderer and `level_image` of the PNG path, so the transforms

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ecg_experiments.data.identity import ID, hash_ids
+from ecg_experiments.data.identity import ALSO, ID, hash_ids
 from ecg_experiments.errors import ConfigError
 
 
@@ -32,7 +32,9 @@ class SeenSamples:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> SeenSamples:
-        hashes = np.unique(hash_ids(frame[ID]))
+        """From a sample frame: every identity it gives a sample (ID, and ALSO where known)."""
+        ids = [frame[ID]] + ([frame[ALSO].dropna()] if ALSO in frame else [])
+        hashes = np.unique(hash_ids(pd.concat(ids, ignore_index=True)))
         records = {}
         if "record" in frame:
             counts = frame["record"].astype(str).value_counts()
@@ -58,8 +60,13 @@ class SeenSamples:
         return SeenSamples(np.union1d(self.hashes, other.hashes), records)
 
     def seen(self, frame: pd.DataFrame) -> np.ndarray:
-        """Which rows of a sample frame the model was fit or validated on."""
-        return np.isin(hash_ids(frame[ID]), self.hashes)
+        """Which rows of a sample frame the model was fit or validated on (by either of a
+        sample's identities)."""
+        seen = np.isin(hash_ids(frame[ID]), self.hashes)
+        if ALSO in frame:
+            known = frame[ALSO].notna().to_numpy()
+            seen[known] |= np.isin(hash_ids(frame.loc[known, ALSO]), self.hashes)
+        return seen
 
 
 def describe_overlap(frame: pd.DataFrame, seen: np.ndarray) -> str:

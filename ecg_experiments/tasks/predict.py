@@ -23,7 +23,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ecg_experiments.data.beats import read_beats_csv
-from ecg_experiments.data.identity import beat_ids, row_ids
+from ecg_experiments.data.identity import ALSO, ID, beat_ids, rendered_beat_id, row_ids
 from ecg_experiments.data.images import IMAGE_EXTENSIONS, ImageFiles, image_files, image_transform
 from ecg_experiments.data.physionet import (
     AAMI_CLASSES,
@@ -32,6 +32,7 @@ from ecg_experiments.data.physionet import (
     databases_of,
     read_record,
 )
+from ecg_experiments.data.render import is_rendered_folder
 from ecg_experiments.data.segment import KachueeRecipe
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.evaluation.plots import plot_rhythm_strip
@@ -95,7 +96,8 @@ def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataF
     beats = recipe.extract(record)
     info = pd.DataFrame({"record": record.name, "sample": beats.samples,
                          "symbol": beats.symbols})
-    info["sample_id"] = beat_ids([record_id_of(base)] * len(beats.samples), beats.samples)
+    info[ID] = beat_ids([record_id_of(base)] * len(beats.samples), beats.samples)
+    info[ALSO] = row_ids(beats.signals)  # the same beat as a row of a beats CSV
     # the reference label by its AAMI class name (never by its index in the model's classes)
     info["true"] = [AAMI_CLASSES[k] if k >= 0 else "" for k in beats.labels]
     info.attrs["record"] = record  # for the rhythm strip of `predict`
@@ -118,6 +120,12 @@ def _content_id(path: Path) -> str:
         return f"path:{path}"
 
 
+def _in_rendered_folder(path: Path) -> bool:
+    """Whether `path` (a folder, a class folder or an image) lies in a folder of rendered
+    beats (data/render.py)."""
+    return any(is_rendered_folder(folder) for folder in (path, *list(path.parents)[:2]))
+
+
 def _image_inputs(path: Path, model: TrainedModel) -> tuple[Dataset, pd.DataFrame]:
     """Images of a file or folder, preprocessed as in the model's evaluation.
 
@@ -134,7 +142,9 @@ def _image_inputs(path: Path, model: TrainedModel) -> tuple[Dataset, pd.DataFram
     spec = model.input
     transform = image_transform(int(spec.image_size), list(spec.mean), list(spec.std))
     info = pd.DataFrame({"file": [str(f) for f in files],
-                         "sample_id": [_content_id(f) for f in files]})
+                         ID: [_content_id(f) for f in files]})
+    if _in_rendered_folder(path):  # each image is also the beat its name gives
+        info[ALSO] = [rendered_beat_id(f.name) for f in files]
     if path.is_dir():
         folders = [f.relative_to(path).parts[0] if len(f.relative_to(path).parts) > 1 else ""
                    for f in files]
@@ -166,7 +176,7 @@ def _signal_inputs(path: Path, model: TrainedModel) -> tuple[np.ndarray, pd.Data
                             "give a WFDB record")
         length = int(model.input.signal_length)
         signals, labels = read_beats_csv(path, length, model.class_names, labelled=None)
-        info = pd.DataFrame({"row": np.arange(len(signals)), "sample_id": row_ids(signals)})
+        info = pd.DataFrame({"row": np.arange(len(signals)), ID: row_ids(signals)})
         if labels is not None:
             info["true"] = [model.class_names[k] for k in labels]
         return signals, info
@@ -204,7 +214,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     if "true" in frame:  # scored against reference labels: never on samples it trained on
         included = check_unseen(frame, model.seen, bool(cfg.get("allow_seen")),
                                 f"input={cfg.input}")
-    frame = frame.drop(columns=["sample_id"])
+    frame = frame.drop(columns=[c for c in (ID, ALSO) if c in frame])
     probs = predict_probabilities(model.net, inputs, int(cfg.batch_size))
     frame["predicted"] = [model.class_names[k] for k in probs.argmax(axis=1)]
     for k, name in enumerate(model.class_names):
