@@ -169,11 +169,31 @@ def _resuming(cfg: DictConfig, run_dir: Path) -> bool:
     return started and slurm_restart_count() >= 1
 
 
+def mean_and_sd(values: pd.DataFrame, prefix: str, unit: str) -> dict[str, float]:
+    """`<prefix>/<metric>_mean` and, over two rows or more, `_std` (ddof=1) of every column.
+
+    A metric missing in some rows (a class no fold's validation split holds, a figure a
+    seed could not compute) is averaged over the rows that have it: `_n` then says over how
+    many, and a warning names it, so a mean over fewer folds or seeds is never passed off as
+    one over all of them.
+    """
+    values = values.astype(float)
+    summary = {f"{prefix}/{k}_mean": float(v) for k, v in values.mean().items()}
+    if len(values) > 1:
+        summary.update({f"{prefix}/{k}_std": float(v) for k, v in values.std(ddof=1).items()})
+    counts = values.notna().sum()
+    short = counts[counts < len(values)]
+    summary.update({f"{prefix}/{k}_n": float(n) for k, n in short.items()})
+    if len(short):
+        log.warning("averaged over fewer than the %d %s (a value is missing in the others): "
+                    "%s", len(values), unit,
+                    ", ".join(f"{k} over {int(n)}" for k, n in short.items()))
+    return summary
+
+
 def summarise(per_fold: pd.DataFrame) -> dict[str, float]:
-    """`cv/<metric>_mean` and `cv/<metric>_std` (sample sd, ddof=1) of every column."""
-    values = per_fold.drop(columns=["fold", "epoch", "run_id"]).astype(float)
-    return {**{f"cv/{k}_mean": float(v) for k, v in values.mean().items()},
-            **{f"cv/{k}_std": float(v) for k, v in values.std(ddof=1).items()}}
+    """`cv/<metric>_mean` and `cv/<metric>_std` of every column (`mean_and_sd`)."""
+    return mean_and_sd(per_fold.drop(columns=["fold", "epoch", "run_id"]), "cv", "folds")
 
 
 def epoch_curve(histories: list[list[dict[str, float]]]) -> pd.DataFrame:

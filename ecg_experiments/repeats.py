@@ -29,6 +29,7 @@ from ecg_experiments.crossval import (
     check_cross_validation,
     cross_validate,
     keep_configuration,
+    mean_and_sd,
 )
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.interruption import TrainingInterrupted, slurm_restart_count
@@ -150,12 +151,9 @@ def seeds_table(results: list[tuple[int, Fitted]]) -> pd.DataFrame:
 
 
 def summarise_seeds(per_seed: pd.DataFrame) -> dict[str, float]:
-    """`seeds/<metric>_mean` and, with two seeds or more, `seeds/<metric>_std` (ddof=1)."""
-    values = per_seed.drop(columns=["seed", "run_id"]).astype(float)
-    summary = {f"seeds/{k}_mean": float(v) for k, v in values.mean().items()}
-    if len(values) > 1:
-        summary.update({f"seeds/{k}_std": float(v) for k, v in values.std(ddof=1).items()})
-    return summary
+    """`seeds/<metric>_mean` and, with two seeds or more, `seeds/<metric>_std` (ddof=1)
+    (`mean_and_sd`)."""
+    return mean_and_sd(per_seed.drop(columns=["seed", "run_id"]), "seeds", "seeds")
 
 
 def repeat_seeds(cfg: DictConfig, fit_one: Callable[..., Fitted],
@@ -227,9 +225,14 @@ def repeat_seeds(cfg: DictConfig, fit_one: Callable[..., Fitted],
             parent.log_metrics(dict(items[start:start + METRIC_BATCH]))
         parent.experiment.log_artifact(parent.run_id, str(run_dir / SEEDS_TABLE))
         parent.finalize("success")
-    log.info("repeat over %d seeds: %s = %.4f +- %.4f (seed mean and sd)", len(seeds),
-             optimized, best_means.get(optimized, float("nan")),
-             summary.get(f"seeds/{optimized}_std", float("nan")))
+    if optimized in best_means:
+        log.info("repeat over %d seeds: %s = %.4f +- %.4f (seed mean and sd)", len(seeds),
+                 optimized, best_means[optimized],
+                 summary.get(f"seeds/{optimized}_std", float("nan")))
+    else:
+        log.warning("repeat over %d seeds: no seed logged %s (no validation split?), so "
+                    "there is no best/%s for sweeps and compare; the seed means of the "
+                    "metrics logged are in %s", len(seeds), optimized, optimized, SEEDS_TABLE)
     return {**summary, **best_means}
 
 

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from omegaconf import open_dict
 
+from ecg_experiments.crossval import summarise
 from ecg_experiments.errors import ConfigError
-from ecg_experiments.repeats import check_repeats, pinned_data_seeds, seed_config
+from ecg_experiments.repeats import check_repeats, pinned_data_seeds, seed_config, summarise_seeds
 from ecg_experiments.tasks.train import train
 from tests.conftest import FAST, all_runs, shared_path
 
@@ -179,3 +180,20 @@ def test_a_repeat_stopped_in_its_second_seed_resumes_with_the_printed_command(
     assert resumed.data.metrics["best/val/f1_macro"] == pytest.approx(
         np.mean([r.data.metrics["best/val/f1_macro"] for r in again]))
     assert list(pd.read_csv(run_dir / "seeds.csv")["run_id"]) == [r.info.run_id for r in again]
+
+
+def test_a_metric_missing_in_a_seed_or_fold_says_over_how_many_it_is_averaged(caplog) -> None:
+    per_seed = pd.DataFrame({"seed": [42, 1, 2], "run_id": ["a", "b", "c"],
+                             "test/acc": [0.8, 0.9, 1.0],
+                             "test/se_S": [0.5, np.nan, 0.7]})
+    with caplog.at_level("WARNING"):
+        summary = summarise_seeds(per_seed)
+    assert summary["seeds/test/acc_mean"] == pytest.approx(0.9)
+    assert summary["seeds/test/se_S_mean"] == pytest.approx(0.6)
+    assert summary["seeds/test/se_S_n"] == 2  # not passed off as a mean over 3 seeds
+    assert "seeds/test/acc_n" not in summary
+    assert "test/se_S over 2" in caplog.text and "3 seeds" in caplog.text
+    per_fold = per_seed.rename(columns={"seed": "fold"}).assign(epoch=3)
+    summary = summarise(per_fold)
+    assert summary["cv/test/se_S_n"] == 2
+    assert summary["cv/test/se_S_std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))

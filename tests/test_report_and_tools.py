@@ -231,6 +231,21 @@ def test_report_table_auroc_and_averages_against_sklearn() -> None:
     assert micro["specificity"] == pytest.approx(tn / (2 * len(y)))
 
 
+def test_macro_specificity_averages_the_classes_present_like_every_macro_figure() -> None:
+    # class c is absent from the targets but predicted twice: its specificity (6/8) must not
+    # enter the macro average, as it enters no other macro figure
+    y = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    pred = np.array([0, 2, 2, 1, 1, 0, 0, 1])
+    probs = np.eye(3)[pred] * 0.8 + 0.2 / 3
+    spec = [((y != k) & (pred != k)).sum() / (y != k).sum() for k in range(3)]
+    metrics = {"test/acc": 0.75, **{f"test/specificity_{name}": spec[k]
+                                    for k, name in enumerate("abc")}}
+    table = report_table(metrics, y, probs, ["a", "b", "c"]).set_index("class")
+    spec_a, spec_b = spec[:2]
+    assert spec[2] == 6 / 8
+    assert table.loc["macro avg", "specificity"] == pytest.approx((spec_a + spec_b) / 2)
+
+
 def test_compare_ranks_by_the_best_validation_epoch_and_refuses_test_metrics(tmp_path,
                                                                              capsys) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -149,7 +149,9 @@ def report_table(
     table = per_class_table(metrics, class_names, stage, support)
     table["auroc"] = per_class_auroc(y_true, probs)
     accuracy = metrics.get(f"{stage}/acc", float("nan"))
-    specificity = table["specificity"].mean()
+    # the project's macro average (metrics.present_class_mean): over the classes present
+    specificity = float(macro_average(table["specificity"].to_numpy(dtype=float),
+                                      support, support))
     macro = {"class": "macro avg", "precision": metrics.get(f"{stage}/precision_macro"),
              "recall": metrics.get(f"{stage}/recall_macro"), "specificity": specificity,
              "f1": metrics.get(f"{stage}/f1_macro"), "support": int(support.sum()),
