@@ -1,11 +1,16 @@
 """Compare tracked runs in the terminal.
 
 `python -m ecg_experiments.compare [experiment name] [metric=val/f1_macro] [limit=20]
-[tracking_uri=...]`: one row per run (key params and metrics), best first.
+[children=false] [tracking_uri=...]`: one row per run (key params and metrics), best first.
 
 Runs are ranked by a validation metric (by default the monitored one), using each run's best
 epoch (`best/<metric>`, what checkpoints and sweepers chose on); test metrics are shown beside
 it for reading, never for choosing: ranking by a test metric is refused.
+
+The parts of a run (the folds of a cross-validation, the seeds of a repeat, the other
+databases of `also_test`) are child runs whose numbers are not the run's: a fold's best epoch
+is chosen on the data that scores it. They are left out unless `children=true`; their parent
+carries the figure to rank by (the fold mean at the common epoch count, the seed mean).
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ KEY_PARAMS = {
 }
 KEY_METRICS = ("test/acc", "test/f1_macro", "test/auroc_macro")
 DEFAULT_METRIC = "val/f1_macro"  # conf/train.yaml's monitor.metric
+# the tags of child runs that are part of another run (crossval.py, repeats.py, crossdb.py);
+# the children of a sweep are whole runs and carry none of them
+PART_TAGS = {"cv.fold": "fold", "repeat.seed": "seed", "also_test": "also_test"}
 
 
 def default_tracking_uri() -> str:
@@ -46,13 +54,13 @@ def default_tracking_uri() -> str:
 
 def compare_runs(
     tracking_uri: str, experiment: str | None = None, metric: str = DEFAULT_METRIC,
-    limit: int = 20,
+    limit: int = 20, children: bool = False,
 ) -> pd.DataFrame:
     """Runs of one experiment (or all) with key params and metrics, sorted by the validation
     `metric`'s best epoch (`best/<metric>`; the last epoch's value for runs without it).
 
     Loss-like metrics sort ascending, everything else descending; runs without the metric
-    come last.
+    come last. The parts of runs (folds, seeds, also_test) are left out unless `children`.
     """
     if not metric.startswith("val/"):
         raise ConfigError(f"metric={metric}: runs are ranked by a validation metric "
@@ -79,6 +87,13 @@ def compare_runs(
         runs = mlflow.search_runs(experiment_ids=ids, max_results=10_000)
     finally:
         mlflow.set_tracking_uri(previous)
+    part = pd.Series("", index=runs.index)
+    for tag, label in PART_TAGS.items():
+        if f"tags.{tag}" in runs:
+            value = runs[f"tags.{tag}"]
+            part = part.where(value.isna(), label + " " + value.astype(str))
+    if not children:
+        runs, part = runs[part == ""], part[part == ""]
     if runs.empty:
         return pd.DataFrame()
     column = f"metrics.best/{metric}"
@@ -89,6 +104,7 @@ def compare_runs(
     table = pd.DataFrame({
         "run": runs["run_id"].str[:8],
         "name": runs.get("tags.mlflow.runName", pd.Series("", index=runs.index)),
+        "part": part.loc[runs.index],
         "status": runs["status"],
         "started": runs["start_time"].dt.strftime("%Y-%m-%d %H:%M"),
     })
@@ -121,7 +137,7 @@ def print_runs(table: pd.DataFrame, metric: str) -> None:
 def parse_args(argv: Sequence[str]) -> dict[str, str]:
     """`[experiment] [metric=...] [limit=...] [tracking_uri=...]`."""
     options = {"metric": DEFAULT_METRIC, "limit": "20", "tracking_uri": default_tracking_uri(),
-               "experiment": ""}
+               "experiment": "", "children": "false"}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
@@ -131,8 +147,10 @@ def parse_args(argv: Sequence[str]) -> dict[str, str]:
         else:
             raise ConfigError(
                 f"unknown option {key!r}; usage: compare [experiment] [metric=val/f1_macro] "
-                "[limit=20] [tracking_uri=...]"
+                "[limit=20] [children=false] [tracking_uri=...]"
             )
+    if options["children"].lower() not in ("true", "false"):
+        raise ConfigError(f"children={options['children']}: expected true or false")
     return options
 
 
@@ -144,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     with exit_on_user_error():
         options = parse_args(argv)
         table = compare_runs(options["tracking_uri"], options["experiment"] or None,
-                             options["metric"], int(options["limit"]))
+                             options["metric"], int(options["limit"]),
+                             options["children"].lower() == "true")
     print_runs(table, options["metric"])
 
 

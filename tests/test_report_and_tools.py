@@ -281,6 +281,38 @@ def test_compare_ranks_by_the_best_validation_epoch_and_refuses_test_metrics(tmp
         compare_runs(uri, "nope")
 
 
+def test_compare_ranks_a_cross_validation_by_its_parent_not_its_folds(tmp_path) -> None:
+    from ecg_experiments.compare import compare_runs, parse_args
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("study", artifact_location=(tmp_path / "a").as_uri())
+
+    def run(name: str, best: float, **tags: str) -> str:
+        run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
+        client.log_metric(run_id, "best/val/f1_macro", best)
+        client.set_terminated(run_id)
+        return run_id
+
+    cv = run("cv", 0.80, **{"cv.folds": "2"})
+    # each fold's best epoch is chosen on the data that scores it: 0.95 is not a result
+    run("cv-fold0", 0.95, **{"cv.fold": "0", "mlflow.parentRunId": cv})
+    run("cv-fold1", 0.85, **{"cv.fold": "1", "mlflow.parentRunId": cv})
+    seeds = run("seeds", 0.75, **{"repeat.seeds": "42,1"})
+    run("seeds-42", 0.99, **{"repeat.seed": "42", "mlflow.parentRunId": seeds})
+    sweep = run("sweep", 0.0)
+    run("trial", 0.90, **{"mlflow.parentRunId": sweep})  # a sweep's trial is a whole run
+    run("plain", 0.70)
+    table = compare_runs(uri, "study")
+    assert table["name"].tolist() == ["trial", "cv", "seeds", "plain", "sweep"]
+    everything = compare_runs(uri, "study", children=True)
+    assert everything["name"].tolist()[:3] == ["seeds-42", "cv-fold0", "trial"]
+    assert everything.set_index("name")["part"].to_dict()["cv-fold1"] == "fold 1"
+    assert parse_args(["children=true"])["children"] == "true"
+    with pytest.raises(ConfigError, match="children=maybe"):
+        parse_args(["children=maybe"])
+
+
 def test_explore_writes_distribution_examples_and_split_sizes(
     compose_train, kachuee_mitbih_csv, tmp_path
 ) -> None:
