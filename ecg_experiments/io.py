@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+# how often a folder another process keeps putting at the target is moved aside
+_ATTEMPTS = 5
 
 
 @contextlib.contextmanager
@@ -17,7 +21,9 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
     Works for files and folders: whatever the block created at the yielded path replaces
     `target` atomically (same filesystem); on an exception it is removed and `target`
-    is left as it was.
+    is left as it was. An old folder is first renamed aside (a reader sees the old folder or
+    the new one, never a half-deleted one); when another process puts a folder there in
+    between (two jobs of a sweep preparing the same data), it is moved aside in turn.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -25,9 +31,18 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     work = tmp / (target.name + suffix)
     try:
         yield work
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(work, target)
+        for attempt in range(_ATTEMPTS):
+            if target.is_dir() and not target.is_symlink():
+                try:
+                    os.replace(target, tmp / f"replaced-{attempt}")
+                except FileNotFoundError:
+                    pass  # another process moved it first
+            try:
+                os.replace(work, target)
+                break
+            except OSError as err:  # a folder is there again: another process wrote it
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt + 1 == _ATTEMPTS:
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
