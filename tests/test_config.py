@@ -94,7 +94,8 @@ def test_balanced_class_weights(compose_train, tmp_path) -> None:
 
     labels = [0] * 60 + [1] * 20 + [2] * 20  # class 3 and 4 absent
     path = tmp_path / "b.csv"
-    write_beats_csv(path, np.zeros((100, 187)), np.array(labels))
+    # distinct rows: identical ones would be kept in one split
+    write_beats_csv(path, np.random.default_rng(0).random((100, 187)), np.array(labels))
     datamodule = BeatsDataModule(str(path), val_fraction=0.2, test_fraction=0.2)
     datamodule.setup()
     cfg = compose_train(["data=beats_csv", "data.train_file=x.csv", "loss.class_weights=balanced"])

@@ -132,6 +132,6 @@ def test_training_from_raw_mitbih_records_logs_recipe_and_split(
     assert run.data.params["data.recipe._target_"] == "ecg_experiments.data.segment.KachueeRecipe"
     assert run.data.tags["data.recipe"] == "kachuee" and run.data.tags["data.split"] == "random"
     split = (tmp_path / "run" / "split.csv").read_text().splitlines()
-    assert split[0] == "index,split,record,sample,label,sample_id"
+    assert split[0] == "index,split,record,sample,label,sample_id,also_id"
     prepared = list((tmp_path / "outputs" / "data").glob("mitdb-kachuee-*/splits/*/split.csv"))
     assert len(prepared) == 1

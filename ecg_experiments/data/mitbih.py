@@ -532,10 +532,10 @@ class PhysionetDataModule(BeatsDataModuleBase):
         frame = split_table(parts, record=table.records, sample=table.beats.samples, label=labels)
         # the identity of each beat (evaluation/seen.py): its record and R-peak sample
         frame["sample_id"] = beat_ids(frame["record"], frame["sample"])
+        # and as the row of a beats CSV it is exported to (mitbih_train.csv): the same beat
+        frame[ALSO] = np.asarray(row_ids(table.beats.signals))[frame["index"].to_numpy()]
         self._save_split(frame, table, parts)
         signals = table.beats.signals
-        # and as the row of a beats CSV it is exported to (mitbih_train.csv): the same beat
-        frame[ALSO] = np.asarray(row_ids(signals))[frame["index"].to_numpy()]
         if self.rr_features:  # appended after the samples; the model splits them off
             signals = np.concatenate([signals, table.beats.features], axis=1)
         arrays = {name: (signals[i], labels[i]) for name, i in parts.items()}

@@ -150,7 +150,7 @@ def report_table(
     table["auroc"] = per_class_auroc(y_true, probs)
     accuracy = metrics.get(f"{stage}/acc", float("nan"))
     # the project's macro average (metrics.present_class_mean): over the classes present
-    specificity = float(macro_average(table["specificity"].to_numpy(dtype=float),
+    specificity = float(macro_average(np.array(table["specificity"], dtype=float),
                                       support, support))
     macro = {"class": "macro avg", "precision": metrics.get(f"{stage}/precision_macro"),
              "recall": metrics.get(f"{stage}/recall_macro"), "specificity": specificity,
