@@ -80,6 +80,7 @@ def test_a_run_into_a_log_writes_a_line_per_epoch_and_no_third_party_warnings(
     assert not re.search(r"it/s|(Epoch \d+/\d+|Testing) +━", output)
 
 
+@pytest.mark.slow  # two CLI processes (30 s); a training into a log is checked above
 def test_evaluate_and_also_test_write_lines_into_a_log(tmp_path: Path) -> None:
     """The scoring after training on another database (also_test) and a later evaluate, each
     with its output in a file: a line per test pass, no progress bar frames."""
