@@ -207,7 +207,8 @@ def epoch_curve(histories: list[list[dict[str, float]]]) -> pd.DataFrame:
     reached = table.groupby("fold")["epoch"].max().min()
     table = table[table["epoch"] <= reached]
     grouped = table.groupby("epoch")[columns]
-    curve = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
+    curve = (grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
+             .join(grouped.count().add_suffix("_n")))  # folds holding each value
     curve.insert(0, "folds", table.groupby("epoch")["fold"].nunique())
     curve.index = curve.index.astype(int) + 1
     return curve.rename_axis("epochs").reset_index()
@@ -222,6 +223,14 @@ def chosen_epochs(curve: pd.DataFrame, metric: str, mode: str) -> dict[str, floa
     row = curve.loc[curve[column].idxmax() if mode == "max" else curve[column].idxmin()]
     values = {f"cv/at_epochs/{k}": float(v) for k, v in row.items()
               if k.endswith(("_mean", "_std"))}
+    # a metric some folds lack there is a mean over fewer folds: say over how many
+    short = {k.removesuffix("_n"): int(v) for k, v in row.items()
+             if k.endswith("_n") and v < row["folds"]}
+    values.update({f"cv/at_epochs/{k}_n": float(v) for k, v in short.items()})
+    if short:
+        log.warning("at %d epochs, averaged over fewer than the %d folds (a value is missing "
+                    "in the others): %s", int(row["epochs"]), int(row["folds"]),
+                    ", ".join(f"{k} over {v}" for k, v in short.items()))
     return {"cv/epochs": float(row["epochs"]), **values}
 
 

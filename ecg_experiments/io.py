@@ -21,9 +21,10 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
     Works for files and folders: whatever the block created at the yielded path replaces
     `target` atomically (same filesystem); on an exception it is removed and `target`
-    is left as it was. An old folder is first renamed aside (a reader sees the old folder or
-    the new one, never a half-deleted one); when another process puts a folder there in
-    between (two jobs of a sweep preparing the same data), it is moved aside in turn.
+    is left as it was. An old folder is first renamed aside (a reader sees the old folder,
+    the new one or, between the two renames, none; never a half-deleted one); when another
+    process puts a folder there in between (two jobs of a sweep preparing the same data), it
+    is moved aside in turn. If the new folder cannot be put in place, the old one is put back.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -31,10 +32,12 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     work = tmp / (target.name + suffix)
     try:
         yield work
+        aside = None
         for attempt in range(_ATTEMPTS):
             if target.is_dir() and not target.is_symlink():
                 try:
                     os.replace(target, tmp / f"replaced-{attempt}")
+                    aside = tmp / f"replaced-{attempt}"
                 except FileNotFoundError:
                     pass  # another process moved it first
             try:
@@ -42,6 +45,8 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
                 break
             except OSError as err:  # a folder is there again: another process wrote it
                 if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt + 1 == _ATTEMPTS:
+                    if aside is not None and not target.exists():
+                        os.replace(aside, target)  # the old folder back, not nothing
                     raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

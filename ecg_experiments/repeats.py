@@ -142,9 +142,14 @@ def _resuming(cfg: DictConfig, run_dir: Path) -> bool:
 
 
 def seeds_table(results: list[tuple[int, Fitted]]) -> pd.DataFrame:
-    """One row per seed: seed, run_id and every metric all seeds returned."""
-    common = [k for k in results[0][1].metrics
-              if all(k in fitted.metrics for _, fitted in results)]
+    """One row per seed: seed, run_id and every metric all seeds returned. A metric some
+    seed could not give (the +P of a class it never predicts) has no seed mean: a mean over
+    the seeds that gave it would favour them; the log names what is left out."""
+    names = list(dict.fromkeys(k for _, fitted in results for k in fitted.metrics))
+    common = [k for k in names if all(k in fitted.metrics for _, fitted in results)]
+    if left := [k for k in names if k not in common]:
+        log.warning("no seed mean of %s: not every seed logged %s", ", ".join(left),
+                    "it" if len(left) == 1 else "them")
     return pd.DataFrame([{"seed": seed, "run_id": fitted.run_id,
                           **{k: float(fitted.metrics[k]) for k in common}}
                          for seed, fitted in results])
@@ -230,7 +235,7 @@ def repeat_seeds(cfg: DictConfig, fit_one: Callable[..., Fitted],
                  optimized, best_means[optimized],
                  summary.get(f"seeds/{optimized}_std", float("nan")))
     else:
-        log.warning("repeat over %d seeds: no seed logged %s (no validation split?), so "
+        log.warning("repeat over %d seeds: not every seed logged %s (no validation split?), so "
                     "there is no best/%s for sweeps and compare; the seed means of the "
                     "metrics logged are in %s", len(seeds), optimized, optimized, SEEDS_TABLE)
     return {**summary, **best_means}

@@ -51,3 +51,25 @@ def test_a_folder_another_job_writes_in_between_is_moved_aside(tmp_path: Path,
         _write_folder(tmp, "this job's")
     assert raced and (target / "split.csv").read_text() == "this job's"
     assert [p.name for p in tmp_path.iterdir()] == ["split"]
+
+
+def test_the_old_folder_is_put_back_when_the_new_one_cannot_be_put_in_place(
+        tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    target = tmp_path / "split"
+    with io.atomic_path(target) as tmp:
+        _write_folder(tmp, "old")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == target and Path(src).parent.name.endswith(".tmp") \
+                and Path(src).name == target.name:
+            raise OSError(errno.EACCES, "Permission denied")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", replace)
+    with pytest.raises(OSError, match="Permission denied"), io.atomic_path(target) as tmp:
+        _write_folder(tmp, "new")
+    assert (target / "split.csv").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["split"]

@@ -244,6 +244,10 @@ def test_macro_specificity_averages_the_classes_present_like_every_macro_figure(
     spec_a, spec_b = spec[:2]
     assert spec[2] == 6 / 8
     assert table.loc["macro avg", "specificity"] == pytest.approx((spec_a + spec_b) / 2)
+    # one class only: no negatives, so no specificity to average (torchmetrics gives 0)
+    only = report_table({"test/acc": 0.5, "test/specificity_a": 0.0}, np.zeros(4, dtype=int),
+                        np.eye(3)[[0, 1, 0, 1]], ["a", "b", "c"]).set_index("class")
+    assert np.isnan(only.loc["macro avg", "specificity"])
 
 
 def test_compare_ranks_by_the_best_validation_epoch_and_refuses_test_metrics(tmp_path,

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from ecg_experiments.data.beats import BeatsDataModule, read_beats_csv, write_beats_csv
-from ecg_experiments.data.identity import ALSO, ID, rendered_beat_id
+from ecg_experiments.data.identity import ALSO, ID, distinct_row_ids, rendered_beat_id
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.seen import SeenSamples
 from ecg_experiments.tasks.evaluate import evaluate
@@ -37,6 +37,22 @@ def test_either_identity_of_a_sample_marks_it_seen() -> None:
     assert rendered_beat_id("mitdb-100_0000077.png") == "mitdb/100:77"
     assert rendered_beat_id("svdb-800_0123456.png") == "svdb/800:123456"
     assert rendered_beat_id("100_000077.png") is None  # not a rendered beat's name
+
+
+def test_a_beats_values_are_its_second_identity_only_where_they_single_it_out() -> None:
+    # a flat (lead-off) beat normalised to zeros in one record and another in a second
+    # record are different beats: their values must not make one "seen" as the other
+    rng = np.random.default_rng(0)
+    signals = np.vstack([rng.random((3, 187)), np.zeros((1, 187)), rng.random((1, 187))])
+    signals = np.vstack([signals, signals[1]])  # row 5 repeats row 1
+    ids = distinct_row_ids(signals)
+    assert ids[0] is not None and ids[2] is not None and ids[4] is not None
+    assert ids[1] is None and ids[5] is None and ids[3] is None
+    trained = pd.DataFrame({ID: ["mitdb/100:10", "mitdb/100:20"], ALSO: distinct_row_ids(
+        np.vstack([np.zeros((1, 187)), signals[0]]))})
+    scored = pd.DataFrame({ID: ["mitdb/200:10", "mitdb/200:20"], ALSO: distinct_row_ids(
+        np.vstack([np.zeros((1, 187)), signals[0]]))})
+    assert SeenSamples.from_frame(trained).seen(scored).tolist() == [False, True]
 
 
 def _mitbih(records: str = RECORDS) -> list[str]:

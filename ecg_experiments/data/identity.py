@@ -40,6 +40,18 @@ def row_ids(signals: np.ndarray) -> list[str]:
     return ["row:" + hashlib.blake2b(row.tobytes(), digest_size=12).hexdigest() for row in rows]
 
 
+def distinct_row_ids(signals: np.ndarray) -> list[str | None]:
+    """`row_ids` as a second identity of beats cut from records: None where it would not
+    single out one beat (a constant row, such as a flat lead-off stretch normalised to zeros,
+    or values another row of `signals` repeats), so two different beats never share it."""
+    ids = np.array(row_ids(signals), dtype=object)
+    values, counts = np.unique(ids, return_counts=True)
+    repeated = np.isin(ids, values[counts > 1])
+    constant = np.ptp(np.asarray(signals), axis=1) == 0 if len(ids) else repeated
+    ids[repeated | constant] = None
+    return ids.tolist()
+
+
 def beat_ids(records: Iterable[str], samples: Iterable[int]) -> list[str]:
     """The identity of beats cut from records: `<database>/<record>:<R-peak sample>`."""
     return [f"{record}:{int(sample)}" for record, sample in zip(records, samples, strict=True)]

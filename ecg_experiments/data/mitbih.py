@@ -20,7 +20,7 @@ import pandas as pd
 
 from ecg_experiments.data.augment import SignalAugment
 from ecg_experiments.data.beats import BeatsDataModuleBase, write_beats_csv
-from ecg_experiments.data.identity import ALSO, beat_ids, row_ids
+from ecg_experiments.data.identity import ALSO, beat_ids, distinct_row_ids
 from ecg_experiments.data.physionet import (
     AAMI_CLASSES,
     DS1,
@@ -532,8 +532,9 @@ class PhysionetDataModule(BeatsDataModuleBase):
         frame = split_table(parts, record=table.records, sample=table.beats.samples, label=labels)
         # the identity of each beat (evaluation/seen.py): its record and R-peak sample
         frame["sample_id"] = beat_ids(frame["record"], frame["sample"])
-        # and as the row of a beats CSV it is exported to (mitbih_train.csv): the same beat
-        frame[ALSO] = np.asarray(row_ids(table.beats.signals))[frame["index"].to_numpy()]
+        if self.recipe.name == "kachuee":  # also the row of the CSVs it is exported to
+            also = np.asarray(distinct_row_ids(table.beats.signals), dtype=object)
+            frame[ALSO] = also[frame["index"].to_numpy()]
         self._save_split(frame, table, parts)
         signals = table.beats.signals
         if self.rr_features:  # appended after the samples; the model splits them off

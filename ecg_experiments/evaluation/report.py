@@ -149,9 +149,11 @@ def report_table(
     table = per_class_table(metrics, class_names, stage, support)
     table["auroc"] = per_class_auroc(y_true, probs)
     accuracy = metrics.get(f"{stage}/acc", float("nan"))
-    # the project's macro average (metrics.present_class_mean): over the classes present
-    specificity = float(macro_average(np.array(table["specificity"], dtype=float),
-                                      support, support))
+    # the project's macro average (metrics.present_class_mean): over the classes present;
+    # a class that is every sample has no negatives, so no specificity (not 0)
+    defined = (support > 0) & (support < support.sum())
+    specificity = (float(np.mean(np.asarray(table["specificity"], dtype=float)[defined]))
+                   if defined.any() else float("nan"))
     macro = {"class": "macro avg", "precision": metrics.get(f"{stage}/precision_macro"),
              "recall": metrics.get(f"{stage}/recall_macro"), "specificity": specificity,
              "f1": metrics.get(f"{stage}/f1_macro"), "support": int(support.sum()),

@@ -23,7 +23,14 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ecg_experiments.data.beats import read_beats_csv
-from ecg_experiments.data.identity import ALSO, ID, beat_ids, rendered_beat_id, row_ids
+from ecg_experiments.data.identity import (
+    ALSO,
+    ID,
+    beat_ids,
+    distinct_row_ids,
+    rendered_beat_id,
+    row_ids,
+)
 from ecg_experiments.data.images import IMAGE_EXTENSIONS, ImageFiles, image_files, image_transform
 from ecg_experiments.data.physionet import (
     AAMI_CLASSES,
@@ -97,7 +104,8 @@ def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataF
     info = pd.DataFrame({"record": record.name, "sample": beats.samples,
                          "symbol": beats.symbols})
     info[ID] = beat_ids([record_id_of(base)] * len(beats.samples), beats.samples)
-    info[ALSO] = row_ids(beats.signals)  # the same beat as a row of a beats CSV
+    if isinstance(recipe, KachueeRecipe):  # the same beat as a row of an exported CSV
+        info[ALSO] = distinct_row_ids(beats.signals)
     # the reference label by its AAMI class name (never by its index in the model's classes)
     info["true"] = [AAMI_CLASSES[k] if k >= 0 else "" for k in beats.labels]
     info.attrs["record"] = record  # for the rhythm strip of `predict`
