@@ -130,12 +130,14 @@ def check_config_files(argv: Sequence[str]) -> None:
             if not path.is_file():
                 continue
             try:
-                yaml.load(path.read_bytes().decode("utf-8"), Loader=loader)
-            except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+                content = yaml.load(path.read_bytes().decode("utf-8"), Loader=loader)
+                if content is not None and not isinstance(content, dict):
+                    raise ValueError(f"its top level is a {type(content).__name__}")
+            except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as err:
                 reason = (err.strerror if isinstance(err, OSError) else
-                          str(err).splitlines()[0])
+                          (str(err).splitlines() or [type(err).__name__])[0])
                 print(f"error: {path}: not a readable config file ({reason}); expected a "
-                      "UTF-8 YAML file", file=sys.stderr)
+                      "UTF-8 YAML file of `key: value` lines", file=sys.stderr)
                 sys.exit(2)
 
 

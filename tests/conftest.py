@@ -111,6 +111,52 @@ def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Valid inputs that reader tests spoil (beats CSV, PNG, record 100, weights file) and
+    two small trained checkpoints (a beat model and an image model)."""
+    import shutil
+    import tempfile
+
+    import torch
+    from PIL import Image
+
+    from ecg_experiments.data.beats import read_beats_csv, write_beats_csv
+    from ecg_experiments.tasks.train import train
+
+    root = Path(tempfile.mkdtemp(prefix="ecg-bad-readers-"))  # world-readable for `nobody`
+    os.chmod(root, 0o755)
+    x, y = read_beats_csv(shared_path("kachuee_samples", "mitbih_train_sample.csv"))
+    keep = np.concatenate([np.flatnonzero(y == k)[:20] for k in range(5)])
+    write_beats_csv(root / "beats.csv", x[keep], y[keep])
+    rng = np.random.default_rng(0)
+    for name in ("N", "V"):
+        (root / "images" / name).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+                root / "images" / name / f"{i}.png")
+    mitdb = shared_path("mitdb")
+    for ext in ("hea", "dat", "atr"):
+        shutil.copy(mitdb / f"100.{ext}", root / f"100.{ext}")
+    files = {"csv": root / "beats.csv", "images": root / "images", "root": root,
+             "png": root / "images" / "N" / "0.png", "hea": root / "100.hea"}
+    for kind, args in (("signal", ["data=beats_csv", f"data.train_file={files['csv']}"]),
+                       ("image", ["model=cnn2d", "data=image_folder", "data.num_workers=0",
+                                  f"data.root={files['images']}"])):
+        run = root / f"train-{kind}"
+        # checkpoints to spoil for the reader tests: no report needed
+        train(compose_config(run, [*args, "trainer.max_epochs=1", "logger=none",
+                                   "report.enabled=false"]))
+        files[f"{kind}_ckpt"] = next((run / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    state = torch.load(files["signal_ckpt"], map_location="cpu", weights_only=True)
+    torch.save({k.removeprefix("net."): v for k, v in state["state_dict"].items()},
+               root / "weights.pth")
+    files["pth"] = root / "weights.pth"
+    os.system(f"chmod -R a+rX {root}")
+    yield files
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def run_cli(args: list[str], tmp: Path, timeout: int = 400) -> subprocess.CompletedProcess:
     """`python -m ecg_experiments.train ARGS` with outputs and the MLflow store under tmp."""
     result = subprocess.run(

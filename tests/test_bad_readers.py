@@ -27,7 +27,6 @@ import torch
 
 from ecg_experiments.cli import exit_on_user_error
 from ecg_experiments.config import PROJECT_ROOT
-from ecg_experiments.data.beats import read_beats_csv, write_beats_csv
 from tests.conftest import compose_config, shared_path
 
 CORRUPTIONS = ("random_bytes", "empty", "truncated", "utf16", "nonfinite", "folder",
@@ -45,7 +44,7 @@ READERS = {
                                            "data.root={images}", "data.num_workers=0",
                                            "model.pretrained={bad}"], "train"),
 }
-CONFIG = {"train": "train", "predict": "predict", "evaluate": "eval"}
+CONFIG = {"train": "train", "predict": "predict", "evaluate": "eval", "prepare": "prepare"}
 NOT_APPLICABLE = {("image (predict)", "nonfinite"), ("WFDB header (predict)", "nonfinite")}
 # UTF-16 text is a CSV too: read as such (tests/test_feature_meetings.py checks the values)
 ACCEPTED = {("beats CSV (train)", "utf16"), ("beats CSV (predict)", "utf16")}
@@ -54,47 +53,10 @@ ACCEPTED = {("beats CSV (train)", "utf16"), ("beats CSV (predict)", "utf16")}
 def _entry(name: str) -> Callable:
     from ecg_experiments.tasks.evaluate import evaluate
     from ecg_experiments.tasks.predict import predict
+    from ecg_experiments.tasks.prepare import prepare
     from ecg_experiments.tasks.train import train
 
-    return {"train": train, "predict": predict, "evaluate": evaluate}[name]
-
-
-@pytest.fixture(scope="module")
-def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Valid inputs (the corruptions start from them) and two small trained checkpoints."""
-    root = Path(tempfile.mkdtemp(prefix="ecg-bad-readers-"))  # world-readable for `nobody`
-    os.chmod(root, 0o755)
-    x, y = read_beats_csv(shared_path("kachuee_samples", "mitbih_train_sample.csv"))
-    keep = np.concatenate([np.flatnonzero(y == k)[:20] for k in range(5)])
-    write_beats_csv(root / "beats.csv", x[keep], y[keep])
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name in ("N", "V"):
-        (root / "images" / name).mkdir(parents=True)
-        for i in range(10):
-            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
-                root / "images" / name / f"{i}.png")
-    mitdb = shared_path("mitdb")
-    for ext in ("hea", "dat", "atr"):
-        shutil.copy(mitdb / f"100.{ext}", root / f"100.{ext}")
-    files = {"csv": root / "beats.csv", "images": root / "images", "root": root,
-             "png": root / "images" / "N" / "0.png", "hea": root / "100.hea"}
-    for kind, args in (("signal", ["data=beats_csv", f"data.train_file={files['csv']}"]),
-                       ("image", ["model=cnn2d", "data=image_folder", "data.num_workers=0",
-                                  f"data.root={files['images']}"])):
-        run = root / f"train-{kind}"
-        # checkpoints to spoil for the reader tests: no report needed
-        _entry("train")(compose_config(run, [*args, "trainer.max_epochs=1", "logger=none",
-                                             "report.enabled=false"]))
-        files[f"{kind}_ckpt"] = next((run / "run" / "checkpoints").glob("epoch_*.ckpt"))
-    state = torch.load(files["signal_ckpt"], map_location="cpu", weights_only=True)
-    torch.save({k.removeprefix("net."): v for k, v in state["state_dict"].items()},
-               root / "weights.pth")
-    files["pth"] = root / "weights.pth"
-    os.system(f"chmod -R a+rX {root}")
-    yield files
-    shutil.rmtree(root, ignore_errors=True)
+    return {"train": train, "predict": predict, "evaluate": evaluate, "prepare": prepare}[name]
 
 
 def make_bad(corruption: str, suffix: str, good: dict[str, Path], folder: Path) -> Path:
@@ -139,20 +101,28 @@ def make_bad(corruption: str, suffix: str, good: dict[str, Path], folder: Path) 
 
 def run_case(reader: str, corruption: str, good: dict[str, Path], work: Path) -> dict:
     """Run one case in this process; return its exit code, stderr and what it left behind."""
-    import contextlib
-    import io
-
     suffix, args, entry = READERS[reader]
     folder = work / "inputs"
     folder.mkdir(parents=True)
     bad = make_bad(corruption, suffix, good, folder)
     names = {**{k: str(v) for k, v in good.items()}, "bad": str(bad)}
-    outputs = work / "outputs"
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{outputs / 'mlflow.db'}"
-    overrides = [a.format(**names) for a in args] + ["report.bootstrap_rounds=0"] * (
-        entry != "predict") + ["trainer.max_epochs=1"] * (entry == "train")
+    overrides = [a.format(**names) for a in args]
     if entry == "train" and corruption not in ("random_bytes", "unreadable"):
         overrides.append("logger=none")  # the tracked cases check that no run FINISHED
+    return run_entry(entry, overrides, work, bad)
+
+
+def run_entry(entry: str, overrides: list[str], work: Path, bad: Path) -> dict:
+    """Run an entry point in this process under the CLI's error handling; return its exit
+    code, stderr and what it left behind (checkpoints, prediction files, beat tables, MLflow
+    runs FINISHED or RUNNING)."""
+    import contextlib
+    import io
+
+    outputs = work / "outputs"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{outputs / 'mlflow.db'}"
+    overrides = overrides + ["report.bootstrap_rounds=0"] * (
+        entry in ("train", "evaluate")) + ["trainer.max_epochs=1"] * (entry == "train")
     cfg = compose_config(work, overrides, CONFIG[entry])
     stderr, code = io.StringIO(), 0
     with contextlib.redirect_stderr(stderr):
@@ -165,13 +135,13 @@ def run_case(reader: str, corruption: str, good: dict[str, Path], work: Path) ->
             code, text = -1, f"Traceback {type(err).__name__}: {err}"
             stderr.write(text)
     left = [str(p) for p in outputs.rglob("*.ckpt")] + [str(p) for p in work.rglob(
-        "predictions.csv")]
+        "predictions.csv")] + [str(p) for p in work.rglob("beats.npz")]
     store = outputs / "mlflow.db"
     if store.exists():
         client = mlflow.MlflowClient(f"sqlite:///{store}")
         left += [r.info.run_id for r in client.search_runs(
             [e.experiment_id for e in client.search_experiments()])
-            if r.info.status == "FINISHED"]
+            if r.info.status in ("FINISHED", "RUNNING")]
     return {"code": code, "stderr": stderr.getvalue(), "left": left, "bad": str(bad)}
 
 
@@ -255,3 +225,80 @@ def test_a_users_config_file_that_is_not_yaml(content: bytes, tmp_path: Path, ca
     assert line.startswith(f"error: {bad}: not a readable config file") and "expected" in line
     bad.write_text("optimizer:\n  lr: 0.001\n")
     check_config_files(["--config-dir", str(tmp_path)])  # a good file passes
+
+
+def _svdb_copy(folder: Path, records: tuple[str, ...] = ("800",)) -> Path:
+    folder.mkdir(parents=True)
+    for name in records:
+        for ext in ("hea", "dat", "atr"):
+            shutil.copy(shared_path("svdb") / f"{name}.{ext}", folder / f"{name}.{ext}")
+    return folder
+
+
+def _random_atr(folder: Path, name: str = "800") -> Path:
+    (folder / f"{name}.atr").write_bytes(np.random.default_rng(3).bytes(5000))
+    return folder / f"{name}.atr"
+
+
+def _atr_cut_short(folder: Path, name: str = "100") -> Path:
+    full = (shared_path("mitdb") / f"{name}.atr").read_bytes()
+    (folder / f"{name}.atr").write_bytes(full[: len(full) // 2 + 1])
+    return folder / f"{name}.atr"
+
+
+def _sampling_frequency_zero(folder: Path, name: str = "800") -> Path:
+    header = folder / f"{name}.hea"
+    header.write_bytes(header.read_bytes().replace(b"800 2 128 230400", b"800 2 0 230400", 1))
+    return header
+
+
+# the issue's cases: (record to copy, how it is spoiled, entry, words the error line holds)
+SPOILED_RECORDS = {
+    "annotations of random bytes (predict)": ("800", _random_atr, "predict",
+                                              "annotation"),
+    "annotations cut short (predict)": ("100", _atr_cut_short, "predict",
+                                        "no end-of-annotations mark"),
+    "sampling frequency 0 (predict)": ("800", _sampling_frequency_zero, "predict",
+                                       "sampling frequency 0"),
+    "sampling frequency 0 (evaluate data=physionet)": ("800", _sampling_frequency_zero,
+                                                       "evaluate", "sampling frequency 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(SPOILED_RECORDS))
+def test_a_spoiled_part_of_a_record(case: str, good, tmp_path: Path, monkeypatch) -> None:
+    """wfdb reads random bytes as annotations, reads an annotation file cut short as a
+    shorter record and divides by a sampling frequency of 0: each is one error line."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    record, spoil, entry, words = SPOILED_RECORDS[case]
+    folder = tmp_path / "inputs"
+    if record == "100":
+        folder.mkdir(parents=True)
+        for ext in ("hea", "dat"):
+            shutil.copy(good["root"] / f"100.{ext}", folder / f"100.{ext}")
+    else:
+        _svdb_copy(folder, (record,))
+    bad = spoil(folder, record)
+    if entry == "predict":
+        overrides = [f"ckpt={good['signal_ckpt']}", f"input={folder / record}.hea"]
+    else:
+        overrides = [f"ckpt={good['signal_ckpt']}", "data=physionet", "data.database=svdb",
+                     f"data.dir={folder}", f"data.records=[{record}]", "data.split=all",
+                     "data.download=false", "holdout=all"]
+    result = run_entry(entry, overrides, tmp_path, bad)
+    check(result)
+    error = result["stderr"].strip().splitlines()[-1]
+    assert str(bad) in error and words in error, error
+
+
+@pytest.mark.parametrize("entry", ["prepare", "train"])
+def test_random_annotations_in_a_database_stop_before_any_beat_table(
+        entry: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    folder = _svdb_copy(tmp_path / "svdb", ("800", "801"))
+    bad = _random_atr(folder, "801")
+    overrides = ["data=physionet", "data.database=svdb", f"data.dir={folder}",
+                 "data.records=[800,801]", "data.download=false"]
+    result = run_entry(entry, overrides, tmp_path, bad)
+    check(result)
+    assert "801.atr" in result["stderr"].strip().splitlines()[-1]

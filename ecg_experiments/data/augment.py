@@ -90,13 +90,22 @@ def load_noise_records(paths: Sequence[str], rate: float) -> list[torch.Tensor]:
     import wfdb
     from scipy.signal import resample_poly
 
+    from ecg_experiments.data.record_checks import check_header
+
     sources = []
     for path in paths:
         base = Path(path).with_suffix("") if Path(path).suffix in (".hea", ".dat") else Path(path)
         if not base.with_name(base.name + ".hea").is_file():
             raise DataError(f"{path}: no WFDB noise record (expected {base}.hea and .dat, e.g. "
                             "the NSTDB 'bw', 'em' or 'ma' record)")
-        record = wfdb.rdrecord(str(base))
+        try:
+            check_header(wfdb.rdheader(str(base)), base.with_name(base.name + ".hea"))
+            record = wfdb.rdrecord(str(base))
+        except DataError:
+            raise
+        except Exception as err:
+            raise DataError(f"{path}: cannot read the noise record with wfdb ({err}); expected "
+                            "a WFDB record (.hea and .dat)") from err
         up, down = int(round(rate * 1000)), int(round(record.fs * 1000))
         divisor = math.gcd(up, down)
         for channel in record.p_signal.T:

@@ -20,6 +20,12 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
+from ecg_experiments.data.record_checks import (
+    check_annotation_file,
+    check_annotations,
+    check_header,
+    check_signal,
+)
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.io import readable_file, sha256_file
 
@@ -246,17 +252,22 @@ def verify_checksums(directory: Path, records: list[str]) -> dict[str, str]:
     hashes = {}
     for name in records:
         for path in _record_files(directory, name):
+            if not path.is_file():  # a record read without annotations (predict)
+                continue
             digest = sha256_file(path)
             if path.name in expected and expected[path.name] != digest:
                 raise DataError(
-                    f"record {name}: {path} does not match its SHA256SUMS entry (corrupt or "
-                    "truncated download?); fetch the record again"
+                    f"record {name}: {path} does not match its SHA256SUMS entry; expected "
+                    "the file as published (a corrupt or truncated download? fetch the record "
+                    "again)"
                 )
             hashes[path.name] = digest
     return hashes
 
 
 def _check_dat_size(directory: Path, header: wfdb.Record) -> None:
+    if header.sig_len is None:  # no length in the record line: wfdb takes the file's
+        return
     sizes: dict[str, float] = {}
     for file_name, fmt in zip(header.file_name, header.fmt, strict=True):
         per_sample = _BYTES_PER_SAMPLE.get(str(fmt))
@@ -296,19 +307,27 @@ def read_record(
     record has is read. `missing_lead` says what to do when it has none of them: "skip"
     (return None and log it), "first" (use the record's first channel) or "error".
     Without a .atr file and `require_annotations=False`, beats come from the XQRS
-    detector and their symbols are "?" (unknown class). Annotations whose symbol AAMI_MAP
-    does not cover are left out and counted (`Record.unmapped`).
+    detector and their symbols are "?" (unknown class). The files are checked against the
+    folder's SHA256SUMS when it has one, and the record by `record_checks` (header values,
+    signal length, annotation file structure and codes, annotation order, beat rate).
+    Annotations whose symbol AAMI_MAP does not cover are left out and counted
+    (`Record.unmapped`).
     """
     directory = Path(directory)
     base = str(directory / name)
     readable_file(f"{base}.hea", f"the WFDB header of record {name}")
+    if (directory / "SHA256SUMS").is_file():  # a PhysioNet folder: every byte is checked
+        verify_checksums(directory, [name])
     try:
         header = wfdb.rdheader(base)
     except Exception as err:
         raise DataError(f"record {name}: cannot read {base}.hea ({err or type(err).__name__});"
                         " expected a WFDB header (record line, then one line per signal)"
                         ) from err
-    channel_names = list(header.sig_name or [])
+    check_header(header, Path(f"{base}.hea"))
+    # a signal line without its (optional) description has no name
+    channel_names = [str(n) if n else f"signal {k} (unnamed)"
+                     for k, n in enumerate(header.sig_name or [])]
     wanted = [lead] if isinstance(lead, str) else [str(x) for x in lead]
     found = next((x for x in wanted if x in channel_names), None)
     named = "/".join(wanted)
@@ -330,6 +349,8 @@ def read_record(
         )
     _check_dat_size(directory, header)
     annotated = require_annotations or Path(f"{base}.atr").is_file()
+    if annotated and Path(f"{base}.atr").is_file():
+        check_annotation_file(readable_file(f"{base}.atr", f"the annotations of record {name}"))
     try:
         signal, fields = wfdb.rdsamp(base, channels=[channel])
         annotation = wfdb.rdann(base, "atr") if annotated else None
@@ -338,6 +359,7 @@ def read_record(
     except Exception as err:
         raise DataError(f"record {name}: cannot read it with wfdb ({err})") from err
     signal = signal[:, 0].astype(np.float64)
+    check_signal(signal, header, Path(base).with_name(header.file_name[channel]))
     if annotation is None:
         log.info("record %s has no .atr annotations: detecting beats with XQRS", name)
         samples = detect_beats(signal, float(fields["fs"]))
@@ -346,6 +368,9 @@ def read_record(
     else:
         symbols = np.asarray(annotation.symbol)
         samples = np.asarray(annotation.sample, dtype=np.int64)
+        kinds, counts = np.unique(symbols, return_counts=True)
+        beats = sum(int(n) for kind, n in zip(kinds, counts, strict=True) if is_beat_symbol(kind))
+        check_annotations(samples, beats, len(signal), float(fields["fs"]), Path(f"{base}.atr"))
         unmapped = unmapped_symbols(annotation.symbol)
         is_beat = np.isin(symbols, list(AAMI_MAP))
         symbols, samples = symbols[is_beat], samples[is_beat]

@@ -103,15 +103,21 @@ def load_trained_model(path: str | os.PathLike) -> TrainedModel:
             f"{path}: not an ecg-experiments checkpoint (no 'ecg_config' entry); expected a "
             "checkpoint written by `python -m ecg_experiments.train`"
         )
-    config = OmegaConf.create(checkpoint["ecg_config"])
-    # the checkpoint holds every weight: no ImageNet download or local weights file needed
-    net = instantiate(config.model.net, **({"pretrained": None}
-                                            if "pretrained" in config.model.net else {}))
-    state = {
-        key.removeprefix("net."): value
-        for key, value in checkpoint["state_dict"].items()
-        if key.startswith("net.")
-    }
+    try:
+        config = OmegaConf.create(checkpoint["ecg_config"])
+        # the checkpoint holds every weight: no ImageNet download or local weights file needed
+        net = instantiate(config.model.net, **({"pretrained": None}
+                                                if "pretrained" in config.model.net else {}))
+        state = {
+            key.removeprefix("net."): value
+            for key, value in checkpoint["state_dict"].items()
+            if key.startswith("net.")
+        }
+    except Exception as err:  # a damaged or foreign config: any library's error type
+        raise DataError(
+            f"{path}: its stored model config cannot be rebuilt ({first_sentence(err)}); "
+            "expected a checkpoint written by `python -m ecg_experiments.train`"
+        ) from err
     check_finite(state, path)
     try:
         net.load_state_dict(state)
