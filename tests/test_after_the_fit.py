@@ -38,7 +38,9 @@ def test_without_a_test_the_logged_model_holds_the_weights_of_the_checkpoint_it_
         assert torch.equal(value, stored[f"net.{key}"]), key
 
 
-@pytest.mark.parametrize("balance", ["undersample", "resample"])
+# resample takes the same path after the fit as undersample: `make test-all`
+@pytest.mark.parametrize("balance", ["undersample", pytest.param("resample",
+                                                                 marks=pytest.mark.slow)])
 def test_other_test_sets_and_holdout_all_score_a_model_trained_on_a_rebalanced_split(
         balance, compose_train, tmp_path) -> None:
     cfg = compose_train([*MITDB, *FAST, f"data.balance={balance}", "data.balance_to=300",

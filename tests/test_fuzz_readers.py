@@ -7,7 +7,7 @@ exception (a traceback). An annotation file cut short, or changed in any byte in
 with SHA256SUMS (as PhysioNet ships its databases), is always refused: a mutated annotation
 file never gives a plausible-looking wrong answer.
 
-Budget: `EXAMPLES` (25) examples per test, about 40 s together; `test_a_longer_fuzz_run`
+Budget: `EXAMPLES` (20) examples per test, about 12 s together; `test_a_longer_fuzz_run`
 (slow, `make test-all`) runs the module again with 10x as many.
 """
 
@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from ecg_experiments.errors import EcgUserError
 from tests.conftest import shared_path
 
-EXAMPLES = int(os.environ.get("ECG_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("ECG_FUZZ_EXAMPLES", "20"))
 FIELD_VALUES = ("0", "-1", "nan", "inf", "-inf", "1e308", "99999999999999999999", "")
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
