@@ -21,6 +21,7 @@ import numpy as np
 import wfdb
 
 from ecg_experiments.data.record_checks import (
+    check_annotation_codes,
     check_annotation_file,
     check_annotations,
     check_header,
@@ -236,6 +237,14 @@ def download_into_own_folder(directory: Path, database: Database) -> None:
     download_database(Path(directory), database)
 
 
+def checksum_file(directory: Path) -> Path | None:
+    """The folder's SHA256SUMS (or SHA256SUMS.txt, PhysioNet's name), if it has one."""
+    for name in ("SHA256SUMS", "SHA256SUMS.txt"):
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
+    return None
+
+
 def verify_checksums(directory: Path, records: list[str]) -> dict[str, str]:
     """Check the records' files against SHA256SUMS when the folder has one.
 
@@ -243,8 +252,8 @@ def verify_checksums(directory: Path, records: list[str]) -> dict[str, str]:
     preparation manifest records as its input identity.
     """
     expected: dict[str, str] = {}
-    sums = directory / "SHA256SUMS"
-    if sums.is_file():
+    sums = checksum_file(directory)
+    if sums is not None:
         for line in sums.read_text().splitlines():
             parts = line.split()
             if len(parts) == 2:
@@ -257,9 +266,9 @@ def verify_checksums(directory: Path, records: list[str]) -> dict[str, str]:
             digest = sha256_file(path)
             if path.name in expected and expected[path.name] != digest:
                 raise DataError(
-                    f"record {name}: {path} does not match its SHA256SUMS entry; expected "
+                    f"record {name}: {path} does not match its {sums.name} entry; expected "
                     "the file as published (a corrupt or truncated download? fetch the record "
-                    "again)"
+                    f"again; a file you changed on purpose needs its line in {sums} updated)"
                 )
             hashes[path.name] = digest
     return hashes
@@ -316,7 +325,7 @@ def read_record(
     directory = Path(directory)
     base = str(directory / name)
     readable_file(f"{base}.hea", f"the WFDB header of record {name}")
-    if (directory / "SHA256SUMS").is_file():  # a PhysioNet folder: every byte is checked
+    if checksum_file(directory) is not None:  # a PhysioNet folder: every byte is checked
         verify_checksums(directory, [name])
     try:
         header = wfdb.rdheader(base)
@@ -370,7 +379,9 @@ def read_record(
         samples = np.asarray(annotation.sample, dtype=np.int64)
         kinds, counts = np.unique(symbols, return_counts=True)
         beats = sum(int(n) for kind, n in zip(kinds, counts, strict=True) if is_beat_symbol(kind))
-        check_annotations(samples, beats, len(signal), float(fields["fs"]), Path(f"{base}.atr"))
+        check_annotation_codes(annotation, Path(f"{base}.atr"))
+        check_annotations(samples, beats, len(signal), float(fields["fs"]), Path(f"{base}.atr"),
+                          annotation.fs)
         unmapped = unmapped_symbols(annotation.symbol)
         is_beat = np.isin(symbols, list(AAMI_MAP))
         symbols, samples = symbols[is_beat], samples[is_beat]

@@ -13,13 +13,16 @@ What is checked:
 - signal: as many samples as the header says;
 - annotation file: whole 16-bit words ending in WFDB's end-of-annotations mark (0x0000)
   right where the annotation stream ends (`annotation_stream_end`); only the codes wfdb
-  defines (`ann_label_table`);
+  defines (`ann_label_table`) or the file defines (custom labels); its time resolution,
+  where it states one, the record's;
 - annotations: sample indices non-decreasing and inside the signal; a mean beat rate over
-  the record that a human heart has (`MIN_BPM`..`MAX_BPM`).
+  the record that a human heart has (`MIN_BPM`..`MAX_BPM`; the lower bound on records of a
+  minute or more).
 
 Not detectable without a checksum: a flipped bit that turns one valid label or time into
-another valid one. Database folders with a SHA256SUMS file (as PhysioNet ships them) are
-verified against it by `physionet.verify_checksums`.
+another valid one, or another record's annotations at a similar rate. Folders with a
+SHA256SUMS (or SHA256SUMS.txt, as PhysioNet publishes it) file are verified against it by
+`physionet.verify_checksums`.
 """
 
 from __future__ import annotations
@@ -37,12 +40,6 @@ MAX_BPM = 300.0
 # MIT annotation format (WFDB annot(5)): one little-endian 16-bit word per field, code in
 # the top 6 bits, a time difference or value in the lower 10.
 _SKIP, _NUM, _SUB, _CHN, _AUX = 59, 60, 61, 62, 63
-
-
-def _defined_codes() -> frozenset[int]:
-    from wfdb.io.annotation import ann_label_table
-
-    return frozenset(int(code) for code in ann_label_table["label_store"])
 
 
 def _bad_number(value: object, allow_zero: bool = False) -> bool:
@@ -112,8 +109,7 @@ def annotation_stream_end(data: bytes) -> int | None:
 
 
 def check_annotation_file(path: Path) -> None:
-    """Whole words, ending in the end-of-annotations mark and nothing after it, and only
-    codes wfdb defines."""
+    """Whole words, ending in the end-of-annotations mark and nothing after it."""
     data = path.read_bytes()
     end = annotation_stream_end(data)
     if end is None:
@@ -124,26 +120,29 @@ def check_annotation_file(path: Path) -> None:
         raise DataError(f"{path}: {len(data) - end - 2:,} bytes follow the "
                         f"end-of-annotations mark at byte {end:,}; expected the mark to end "
                         "the annotation file")
-    defined = _defined_codes()
-    i, words = 0, end // 2
-    while i < words:
-        word = data[2 * i] | (data[2 * i + 1] << 8)
-        code, low = word >> 10, word & 0x3FF
-        if code == _SKIP:
-            i += 3
-            continue
-        if code == _AUX:
-            i += 1 + (low + 1) // 2
-            continue
-        if code not in (_NUM, _SUB, _CHN) and code not in defined:
-            raise DataError(f"{path}: annotation code {code} at byte {2 * i:,} is not one "
-                            "wfdb defines; expected a WFDB annotation file")
-        i += 1
+
+
+def check_annotation_codes(annotation, path: Path) -> None:
+    """Only codes wfdb defines or the file defines itself (`wrann(custom_labels=...)`): wfdb
+    gives any other code the symbol NaN."""
+    undefined = [k for k, symbol in enumerate(annotation.symbol or [])
+                 if not isinstance(symbol, str)]
+    if undefined:
+        raise DataError(f"{path}: {len(undefined):,} annotation(s) with a code neither wfdb "
+                        f"nor the file defines (first: annotation {undefined[0]}, at sample "
+                        f"{int(annotation.sample[undefined[0]]):,}); expected a WFDB "
+                        "annotation file")
 
 
 def check_annotations(samples: np.ndarray, beats: int, signal_length: int, fs: float,
-                      path: Path) -> None:
-    """Annotation samples in order and inside the signal; a human heart's beat rate."""
+                      path: Path, annotation_fs: float | None = None) -> None:
+    """Annotation samples in order and inside the signal, at the record's rate; a human
+    heart's beat rate (the lower bound over records of a minute or more: a short excerpt
+    may hold a pause)."""
+    if annotation_fs is not None and abs(float(annotation_fs) - fs) > 1e-6 * fs:
+        raise DataError(f"{path}: annotations at {float(annotation_fs):g} Hz (its time "
+                        f"resolution note) but the record at {fs:g} Hz; expected annotation "
+                        "samples at the record's rate")
     samples = np.asarray(samples, dtype=np.int64)
     if len(samples) and np.any(np.diff(samples) < 0):
         at = int(np.flatnonzero(np.diff(samples) < 0)[0]) + 1
@@ -156,7 +155,7 @@ def check_annotations(samples: np.ndarray, beats: int, signal_length: int, fs: f
                         f"{signal_length:,} samples); expected annotations of this record")
     minutes = signal_length / fs / 60.0
     bpm = beats / minutes
-    if not MIN_BPM <= bpm <= MAX_BPM:
+    if bpm > MAX_BPM or (bpm < MIN_BPM and minutes >= 1.0):
         raise DataError(f"{path}: {beats:,} beat annotations in {minutes:.1f} min is "
                         f"{bpm:.0f} beats a minute; expected a human heart's "
                         f"{MIN_BPM:.0f}-{MAX_BPM:.0f} (not this record's annotations?)")
