@@ -28,7 +28,10 @@ test-all: $(STAMP)
 train: $(STAMP)
 	$(PY) -m ecg_experiments.train $(ARGS)
 
+# prints the address of the experiment's training runs, then serves the UI
 ui: $(STAMP)
+	@$(PY) -c "from ecg_experiments.tracking import ui_address; print('MLflow UI:', \
+	  ui_address('sqlite:///$(CURDIR)/outputs/mlflow.db', 'ecg-experiments', port=$(PORT)))"
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) \
 		--backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db \
 		--default-artifact-root $(CURDIR)/outputs/mlartifacts

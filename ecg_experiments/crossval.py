@@ -35,6 +35,7 @@ from ecg_experiments.config import build, group_choice
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.interruption import TrainingInterrupted, slurm_restart_count
 from ecg_experiments.io import atomic_path
+from ecg_experiments.tracked_data import log_children_datasets
 from ecg_experiments.tracking import RUN_ID_FILE, run_id_in
 
 log = logging.getLogger(__name__)
@@ -342,6 +343,8 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any],
             parent.experiment.set_terminated(
                 parent.run_id, "KILLED" if isinstance(err, TrainingInterrupted) else "FAILED")
         raise
+    if parent is not None:
+        log_children_datasets(parent.experiment, parent.run_id, [f.run_id for f in fits])
     result = summarise_folds(fits, monitor, mode, optimized)
     per_fold, curve, summary, selection = (result.per_fold, result.curve, result.metrics,
                                            result.selection)

@@ -33,6 +33,7 @@ from ecg_experiments.crossval import (
 )
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.interruption import TrainingInterrupted, slurm_restart_count
+from ecg_experiments.tracked_data import log_children_datasets
 from ecg_experiments.tracking import RUN_ID_FILE, run_id_in
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,8 @@ def repeat_seeds(cfg: DictConfig, fit_one: Callable[..., Fitted],
             parent.experiment.set_terminated(
                 parent.run_id, "KILLED" if isinstance(err, TrainingInterrupted) else "FAILED")
         raise
+    if parent is not None:
+        log_children_datasets(parent.experiment, parent.run_id, [f.run_id for _, f in results])
     per_seed = seeds_table(results)
     summary = summarise_seeds(per_seed)
     monitor = str(cfg.monitor.metric)

@@ -54,6 +54,7 @@ def mlflow_logger(
     artifact_location = None
     if is_remote(tracking_uri):
         check_server(tracking_uri)
+        get_or_create_experiment(mlflow.MlflowClient(tracking_uri), experiment_name, None)
     if tracking_uri.startswith("sqlite:///"):
         prepare_sqlite_store(tracking_uri, experiment_name, artifact_dir)
     if not is_remote(tracking_uri) and artifact_dir:
@@ -100,20 +101,33 @@ def check_server(tracking_uri: str, timeout: float = 5.0) -> None:
         ) from err
 
 
+# MLflow 3 opens an experiment in its GenAI view (traces, token usage) unless this tag says
+# it holds model training runs
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
+
+
 def get_or_create_experiment(client: mlflow.MlflowClient, name: str,
                              artifact_dir: str | None) -> str:
-    """The id of experiment `name`, created (with the local artifact folder) when missing."""
+    """The id of experiment `name`, created (with the local artifact folder) when missing,
+    and marked as model development unless its kind was set already (by hand, say)."""
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if EXPERIMENT_KIND_TAG not in found.tags:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG,
+                                      MODEL_DEVELOPMENT)
         return found.experiment_id
     location = None
     if artifact_dir and not is_remote(client.tracking_uri):
         Path(artifact_dir).mkdir(parents=True, exist_ok=True)
         location = Path(artifact_dir).resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
-        return client.get_experiment_by_name(name).experiment_id
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job?
+        if client.get_experiment_by_name(name) is None:
+            raise
+        return get_or_create_experiment(client, name, artifact_dir)
 
 
 def sweep_id(sweep_dir: str | Path) -> str:
@@ -258,3 +272,20 @@ def log_model(
 def log_files(logger: MLFlowLogger, files: Mapping[str, Path], artifact_path: str) -> None:
     for path in files.values():
         logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)
+
+
+def ui_address(tracking_uri: str, experiment_name: str, host: str = "127.0.0.1",
+               port: int = 5000) -> str:
+    """The MLflow UI's page of the experiment's training runs.
+
+    MLflow 3.17's UI picks its view (GenAI or model training) from a browser-wide setting
+    that starts on GenAI, not from the experiment's `mlflow.experimentKind` tag (older 3.x
+    UIs read the tag, which `get_or_create_experiment` sets): the address names the view.
+    """
+    base = f"http://{host}:{port}/#/experiments"
+    experiment = None
+    if not tracking_uri.startswith("sqlite:///") or Path(
+            tracking_uri.removeprefix("sqlite:///")).is_file():
+        experiment = mlflow.MlflowClient(tracking_uri).get_experiment_by_name(experiment_name)
+    page = f"{base}/{experiment.experiment_id}" if experiment is not None else base
+    return f"{page}?workflowType=machine_learning"

@@ -69,6 +69,12 @@ def test_two_seeds_are_child_runs_of_one_split_and_the_parent_gets_their_mean_an
     assert list(table["test/acc"]) == pytest.approx([a["test/acc"], b["test/acc"]])
     client = mlflow.MlflowClient(cfg.logger.tracking_uri)
     assert "seeds.csv" in {f.path for f in client.list_artifacts(parent.info.run_id)}
+    # the parent lists the data its seeds were fit on: one split, so each part once
+    datasets = [(d.dataset.name, d.dataset.digest) for d in
+                client.get_run(parent.info.run_id).inputs.dataset_inputs]
+    assert sorted(datasets) == sorted((d.dataset.name, d.dataset.digest)
+                                      for d in children[0].inputs.dataset_inputs)
+    assert len(datasets) == 3
 
 
 def test_the_seed_rule_and_the_pinned_data_seeds(compose_train) -> None:

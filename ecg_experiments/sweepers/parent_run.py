@@ -82,6 +82,9 @@ class MlflowSweepCallback(Callback):
             client.log_metric(parent.info.run_id, key, best.data.metrics[key])
             client.set_tag(parent.info.run_id, "sweep.best_run_id", best.info.run_id)
         client.set_tag(parent.info.run_id, "sweep.jobs", str(len(children)))
+        from ecg_experiments.tracked_data import log_children_datasets
+
+        log_children_datasets(client, parent.info.run_id, [c.info.run_id for c in children])
         results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"
         if results.is_file():
             client.log_artifact(parent.info.run_id, str(results))

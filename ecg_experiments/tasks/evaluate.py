@@ -7,11 +7,13 @@ Noise robustness of a signal model: `report.noise_snr_db=[24,12,6,0]` (`report.n
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -23,7 +25,8 @@ from ecg_experiments.inputs import match_classes
 from ecg_experiments.models.checkpoint import TrainedModel, resolve_trained_model
 from ecg_experiments.models.classifier import ClassifierModule
 from ecg_experiments.tasks.score import Scoring, check_scorable, holdout_parts, score
-from ecg_experiments.tracking import choice_tags, log_run_metadata
+from ecg_experiments.tracked_data import log_datasets
+from ecg_experiments.tracking import choice_tags, log_run_metadata, run_id_in
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,13 @@ def data_for_model(cfg: DictConfig, model: TrainedModel,
     return data
 
 
+def _short_option(data_option: str, tags: dict[str, str]) -> str:
+    """The data option's name for a dataset name (`also_test.svdb` -> `svdb`)."""
+    if data_option == "the model's own data":
+        return tags.get("choice.data", "data")
+    return data_option.removeprefix("data=").rsplit(".", 1)[-1]
+
+
 def every_sample_in_test(data: DictConfig) -> None:
     """Put every sample of the data in its test split where the data offers one that does
     (`split=all`): evaluating on all of it needs no split drawn."""
@@ -142,8 +152,37 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     data_cfg = data_for_model(cfg, model)
     data_option = group_choice("data") if cfg.get("data") else "the model's own data"
     tags = {**choice_tags(), **({"source.run_id": source_run} if source_run else {})}
+    make_logger = None
+    if cfg.get("logger"):
+        name, data_choice = evaluation_run_name(
+            model, source_run, lookup_uri,
+            choice_tags().get("choice.data") if cfg.get("data") else None)
+        tags.setdefault("choice.data", data_choice)  # the model's own data option
+        make_logger = functools.partial(build, cfg.logger,
+                                        run_name=cfg.logger.get("run_name") or name)
     return evaluate_model(cfg, model, data_cfg, data_option, Path(cfg.paths.run_dir),
-                          (lambda: build(cfg.logger)) if cfg.get("logger") else None, tags)
+                          make_logger, tags)
+
+
+def evaluation_run_name(model: TrainedModel, source_run: str | None, lookup_uri: str,
+                        data_choice: str | None) -> tuple[str, str]:
+    """(`eval-<model run name>-on-<data>`, the data option): the name of the model's run
+    where the store knows it (by run id, or the run folder of its checkpoint in a local
+    store), else the checkpoint's run folder and file; the data option given, else the
+    model's own."""
+    run_id = source_run or run_id_in(model.checkpoint.parent.parent)
+    known = source_run is not None or (lookup_uri.startswith("sqlite:///") and Path(
+        lookup_uri.removeprefix("sqlite:///")).is_file())
+    run_name, run_tags = None, {}
+    if run_id and known:
+        try:
+            run = mlflow.MlflowClient(lookup_uri).get_run(run_id)
+            run_name, run_tags = run.info.run_name, run.data.tags
+        except mlflow.exceptions.MlflowException:  # another store's run: named by its files
+            pass
+    model_name = run_name or f"{model.checkpoint.parent.parent.name}-{model.checkpoint.stem}"
+    data = data_choice or run_tags.get("choice.data") or "its-data"
+    return f"eval-{model_name}-on-{data}", data
 
 
 def evaluate_model(cfg: DictConfig, model: TrainedModel, data_cfg: DictConfig,
@@ -189,6 +228,8 @@ def evaluate_model(cfg: DictConfig, model: TrainedModel, data_cfg: DictConfig,
                 "data.classes": ", ".join(datamodule.class_names),
                 **{f"data.{k}": v for k, v in fingerprint.items()}}
         log_run_metadata(logger, effective, config_file, tags)
+        log_datasets(logger.experiment, logger.run_id, datamodule,
+                     _short_option(data_option, tags), {part: "testing" for part in parts})
     scoring.logger = logger
     try:
         return score(module, datamodule, trainer, parts, scoring, lookup)

@@ -40,6 +40,7 @@ from ecg_experiments.sweepers.parent_run import parent_run_file
 from ecg_experiments.sweepers.pruning import OptunaPruning
 from ecg_experiments.tasks.explore import explore_data
 from ecg_experiments.tasks.score import Scoring, check_scorable, score
+from ecg_experiments.tracked_data import CONTEXTS, log_datasets
 from ecg_experiments.tracking import (
     RUN_ID_FILE,
     choice_tags,
@@ -384,6 +385,8 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
         log_run_metadata(tracked, cfg, files["config"], tags, params=resume_run_id is None)
         if resume_run_id is None:
             tracked.log_hyperparams(parameter_counts)
+            log_datasets(tracked.experiment, tracked.run_id, datamodule,
+                         tags.get("choice.data", "data"), CONTEXTS)
         (run_dir / RUN_ID_FILE).write_text(tracked.run_id)
         if "split" in files:
             tracked.experiment.log_artifact(tracked.run_id, str(files["split"]))
