@@ -56,8 +56,11 @@ def data_name(datamodule: Any, data_option: str) -> str:
     return data_option
 
 
-def data_source(datamodule: Any) -> str:
-    """Where the samples were read from: records folder(s), CSV file or image folder."""
+def data_source(datamodule: Any, split: str = "train") -> str:
+    """Where the samples of `split` were read from: records folder(s), CSV file (a separate
+    test file for the test part) or image folder."""
+    if split == "test" and getattr(datamodule, "test_file", None) is not None:
+        return str(Path(datamodule.test_file).resolve())
     dirs = getattr(datamodule, "dirs", None)
     if dirs:
         return ", ".join(str(Path(d).resolve()) for d in dirs.values())
@@ -68,15 +71,29 @@ def data_source(datamodule: Any) -> str:
     return str(getattr(datamodule, "_where", "") or type(datamodule).__name__)
 
 
+# fingerprint entries that say where a copy is kept, not what the samples are
+_PLACES = ("prepared", "fold")
+
+
 def split_digest(datamodule: Any, split: str) -> str:
-    """A digest of the samples of `split`: their identities in order where the data keeps a
-    split table, else the data's fingerprint with the split's class counts."""
+    """A digest of the samples of `split` as the model meets them: their identities and
+    labels (order aside) where the data keeps a split table, else its class counts; with
+    the data's fingerprint (file and manifest hashes: recipe settings, leads, rendering) and
+    the input description (length, rate, features, image size)."""
     frame = datamodule.sample_frame(split)
     if frame is not None and "sample_id" in frame:
-        text = "\n".join(map(str, frame["sample_id"]))
+        labels = datamodule.labels(split)
+        samples = sorted(f"{i}:{k}" for i, k in zip(frame["sample_id"], labels, strict=True))
     else:
-        text = json.dumps({"fingerprint": datamodule.fingerprint(), "split": split,
-                           "counts": datamodule.class_counts(split).tolist()}, sort_keys=True)
+        samples = [str(datamodule.class_counts(split).tolist())]
+    fingerprint = {k: v for k, v in datamodule.fingerprint().items()
+                   if k.rsplit(".", 1)[-1] not in _PLACES}
+    try:
+        described = datamodule.input_spec().describe()
+    except (NotImplementedError, AttributeError):
+        described = ""
+    text = json.dumps({"fingerprint": fingerprint, "input": described, "split": split},
+                      sort_keys=True) + "\n" + "\n".join(samples)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -94,9 +111,11 @@ def split_dataset(datamodule: Any, split: str, data_option: str) -> SplitDataset
         # MLflow registers its local-file source twice and warns that a path "can be
         # interpreted in multiple ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource"
         warnings.filterwarnings("ignore", message="The specified dataset source can be")
-        source = resolve_dataset_source(data_source(datamodule))
-    return SplitDataset(source, f"{data_name(datamodule, data_option)} {split}",
-                        split_digest(datamodule, split), profile)
+        source = resolve_dataset_source(data_source(datamodule, split))
+    name = data_name(datamodule, data_option)
+    if split == "test" and getattr(datamodule, "test_file", None) is not None:
+        name = f"{data_option} {Path(datamodule.test_file).name}"
+    return SplitDataset(source, f"{name} {split}", split_digest(datamodule, split), profile)
 
 
 def log_datasets(client: Any, run_id: str, datamodule: Any, data_option: str,
@@ -107,14 +126,19 @@ def log_datasets(client: Any, run_id: str, datamodule: Any, data_option: str,
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     inputs = []
-    for split, context in contexts.items():
-        if split not in getattr(datamodule, "datasets", {}) or not len(datamodule.labels(split)):
-            continue
-        dataset = split_dataset(datamodule, split, data_option)
-        inputs.append(DatasetInput(dataset._to_mlflow_entity(),
-                                   [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
-    if inputs:
-        client.log_inputs(run_id, datasets=inputs)
+    try:
+        for split, context in contexts.items():
+            if (split not in getattr(datamodule, "datasets", {})
+                    or not len(datamodule.labels(split))):
+                continue
+            dataset = split_dataset(datamodule, split, data_option)
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(),
+                                       [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+        if inputs:
+            client.log_inputs(run_id, datasets=inputs)
+    except Exception as err:  # the run's own work goes on; the log says what is missing
+        log.warning("the run's datasets were not logged to MLflow (%s: %s)",
+                    type(err).__name__, err)
 
 
 def log_children_datasets(client: Any, parent_id: str, child_ids: list[str | None]) -> None:

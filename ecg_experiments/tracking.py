@@ -55,8 +55,11 @@ def mlflow_logger(
     if is_remote(tracking_uri):
         check_server(tracking_uri)
         get_or_create_experiment(mlflow.MlflowClient(tracking_uri), experiment_name, None)
-    if tracking_uri.startswith("sqlite:///"):
+    elif tracking_uri.startswith("sqlite:///"):
         prepare_sqlite_store(tracking_uri, experiment_name, artifact_dir)
+    else:  # a file store, a database server: created (and marked) here, not by Lightning
+        get_or_create_experiment(mlflow.MlflowClient(tracking_uri), experiment_name,
+                                 artifact_dir)
     if not is_remote(tracking_uri) and artifact_dir:
         Path(artifact_dir).mkdir(parents=True, exist_ok=True)
         artifact_location = Path(artifact_dir).resolve().as_uri()

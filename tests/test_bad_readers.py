@@ -176,6 +176,7 @@ def test_bad_file(reader: str, corruption: str, good, tmp_path: Path, monkeypatc
         check(result)
 
 
+@pytest.mark.slow  # a child process without root's override (16 s): `make test-all`
 def test_files_without_read_permission(good) -> None:
     """Every reader, its file mode 000, in one child process (without root's override)."""
     readers = [r for r, c in CASES if c == "unreadable"]

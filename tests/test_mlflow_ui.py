@@ -84,13 +84,13 @@ def test_an_experiment_kind_set_by_hand_is_kept(tmp_path: Path) -> None:
     assert client.get_experiment(older).tags[EXPERIMENT_KIND_TAG] == MODEL_DEVELOPMENT
 
 
-def _test_dataset(tmp_path: Path, split: str):
+def _test_dataset(tmp_path: Path, split: str, *more: str):
     from ecg_experiments.config import build
     from ecg_experiments.tracked_data import split_dataset
 
     cfg = compose_config(tmp_path, ["data=physionet", f"data.dir={shared_path('mitdb')}",
                                     "data.records=[100,101,103,105,106,118]",
-                                    f"data.split={split}", "data.download=false"])
+                                    f"data.split={split}", "data.download=false", *more])
     datamodule = build(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -103,8 +103,11 @@ def test_dataset_digests_change_with_the_samples_and_only_with_them(tmp_path: Pa
     by_records = _test_dataset(tmp_path / "c", "records")
     assert random.name == "mitdb kachuee random test"
     assert by_records.name == "mitdb kachuee records test"
-    assert random.digest == again.digest
+    assert random.digest == again.digest  # prepared in another folder: the same data
     assert random.digest != by_records.digest
+    # the same beats filtered otherwise are other inputs for a model: another digest
+    filtered = _test_dataset(tmp_path / "d", "random", "data.recipe.bandpass_hz=[0.5,40]")
+    assert filtered.name == random.name and filtered.digest != random.digest
     assert str(shared_path("mitdb").resolve()) in random.source.to_json()
 
 

@@ -14,6 +14,7 @@ from ecg_experiments.tasks.train import train
 from tests.conftest import FAST, all_runs, run_cli
 
 
+@pytest.mark.slow  # a 4-job multirun of real trainings (24 s): `make test-all`
 def test_grid_multirun_is_grouped_under_a_parent_run(small_csv: Path, tmp_path: Path) -> None:
     # the jobs are compared by their best epoch in the metric's direction: the highest
     # validation loss is an early epoch's, never the last one's

@@ -157,7 +157,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         name, data_choice = evaluation_run_name(
             model, source_run, lookup_uri,
             choice_tags().get("choice.data") if cfg.get("data") else None)
-        tags.setdefault("choice.data", data_choice)  # the model's own data option
+        if data_choice != "its-data":
+            tags.setdefault("choice.data", data_choice)  # the model's own data option
         make_logger = functools.partial(build, cfg.logger,
                                         run_name=cfg.logger.get("run_name") or name)
     return evaluate_model(cfg, model, data_cfg, data_option, Path(cfg.paths.run_dir),

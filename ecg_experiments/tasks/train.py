@@ -385,8 +385,10 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
         log_run_metadata(tracked, cfg, files["config"], tags, params=resume_run_id is None)
         if resume_run_id is None:
             tracked.log_hyperparams(parameter_counts)
+            # a part the run never scores (a CV fold, test=false) is not logged as testing
             log_datasets(tracked.experiment, tracked.run_id, datamodule,
-                         tags.get("choice.data", "data"), CONTEXTS)
+                         tags.get("choice.data", "data"),
+                         {k: v for k, v in CONTEXTS.items() if k != "test" or cfg.get("test")})
         (run_dir / RUN_ID_FILE).write_text(tracked.run_id)
         if "split" in files:
             tracked.experiment.log_artifact(tracked.run_id, str(files["split"]))
