@@ -80,6 +80,15 @@ class Example(dict):
         return f"Example({self['folder']})"
 
 
+def read_bytes_as(content: bytes, name: str, read: Callable[[Path], object]
+                  ) -> tuple[str, object]:
+    """`outcome` of `read` on a file named `name` that holds `content`."""
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(work) / name
+        path.write_bytes(content)
+        return outcome(lambda: read(path))
+
+
 @pytest.fixture(scope="module")
 def example_record() -> dict[str, Path | bytes]:
     """A fixed example database: the first 20 s of mitdb record 100 (both leads, format
@@ -183,10 +192,7 @@ def test_fuzz_beats_csv(good, data) -> None:
     from ecg_experiments.data.beats import read_beats_csv
 
     kind, content = data.draw(mutated(good["csv"].read_bytes()[:20_000], text=True))
-    with tempfile.TemporaryDirectory() as work:
-        path = Path(work) / "beats.csv"
-        path.write_bytes(content)
-        result, value = outcome(lambda: read_beats_csv(path))
+    result, value = read_bytes_as(content, "beats.csv", read_beats_csv)
     if result == "ok":
         x, y = value
         assert len(x) == len(y) > 0 and x.shape[1] == 187 and np.isfinite(x).all()
@@ -199,10 +205,7 @@ def test_fuzz_image_file(good, data) -> None:
     from ecg_experiments.data.images import load_image
 
     kind, content = data.draw(mutated(good["png"].read_bytes()))
-    with tempfile.TemporaryDirectory() as work:
-        path = Path(work) / "image.png"
-        path.write_bytes(content)
-        result, value = outcome(lambda: load_image(path, 3))
+    result, value = read_bytes_as(content, "image.png", lambda path: load_image(path, 3))
     if result == "ok":
         assert value.mode == "RGB" and min(value.size) > 0
     if kind == "random":
@@ -217,10 +220,7 @@ def test_fuzz_checkpoint(good, data) -> None:
     from ecg_experiments.models.checkpoint import load_trained_model
 
     kind, content = data.draw(mutated(good["signal_ckpt"].read_bytes()))
-    with tempfile.TemporaryDirectory() as work:
-        path = Path(work) / "model.ckpt"
-        path.write_bytes(content)
-        result, value = outcome(lambda: load_trained_model(path))
+    result, value = read_bytes_as(content, "model.ckpt", load_trained_model)
     if result == "ok":
         assert value.class_names and not value.net.training
     if kind in ("cut", "random"):
@@ -235,10 +235,8 @@ def test_fuzz_weights_file(good, data) -> None:
 
     net = load_trained_model(good["signal_ckpt"]).net
     kind, content = data.draw(mutated(good["pth"].read_bytes()))
-    with tempfile.TemporaryDirectory() as work:
-        path = Path(work) / "weights.pth"
-        path.write_bytes(content)
-        result, value = outcome(lambda: load_local_weights(net, path, skip=()))
+    result, value = read_bytes_as(content, "weights.pth",
+                                  lambda path: load_local_weights(net, path, skip=()))
     if result == "ok":
         assert all(bool(v.isfinite().all()) for v in net.state_dict().values()
                    if v.is_floating_point())
