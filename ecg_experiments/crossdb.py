@@ -94,7 +94,9 @@ def also_test(cfg: DictConfig, checkpoint: str, test_metrics: dict[str, float],
         if parent is not None:
             tags = {"mlflow.parentRunId": parent.run_id, "also_test": str(name),
                     **({"also_test.left_out": ", ".join(left_out)} if left_out else {})}
-            make_logger = functools.partial(build, cfg.logger, run_name=f"{name}", tags=tags)
+            trained = parent.experiment.get_run(parent.run_id).info.run_name
+            make_logger = functools.partial(build, cfg.logger,
+                                            run_name=f"eval-{trained}-on-{name}", tags=tags)
         try:
             metrics = evaluate_model(settings, model, data, f"also_test.{name}",
                                      run_dir / "also_test" / str(name), make_logger,

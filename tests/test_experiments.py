@@ -64,4 +64,7 @@ def test_experiment_trains_an_epoch_as_configured(name: str, compose_train,
     if name == "crossdb":  # the other database as a child run, and in the table
         [child] = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
         assert child.data.tags["also_test"] == "svdb" and child.info.status == "FINISHED"
+        assert child.info.run_name == f"eval-{run.info.run_name}-on-svdb"
+        assert {d.dataset.name for d in child.inputs.dataset_inputs} == {
+            "svdb centered all test"}  # its records cut as the model was trained
         assert "also_test/svdb/acc" in metrics
