@@ -88,6 +88,14 @@ def prepare_sqlite_store(tracking_uri: str, experiment_name: str,
         get_or_create_experiment(mlflow.MlflowClient(tracking_uri), experiment_name, artifact_dir)
 
 
+def local_store_exists(tracking_uri: str) -> bool | None:
+    """Whether a local SQLite store's file is there (asking MLflow would create it); None
+    for any other store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///")).is_file()
+
+
 def check_server(tracking_uri: str, timeout: float = 5.0) -> None:
     """Fail fast when no MLflow server answers at `tracking_uri` (MLflow's own client would
     retry for minutes, after the training work)."""
@@ -287,8 +295,7 @@ def ui_address(tracking_uri: str, experiment_name: str, host: str = "127.0.0.1",
     """
     base = f"http://{host}:{port}/#/experiments"
     experiment = None
-    if not tracking_uri.startswith("sqlite:///") or Path(
-            tracking_uri.removeprefix("sqlite:///")).is_file():
+    if local_store_exists(tracking_uri) is not False:
         experiment = mlflow.MlflowClient(tracking_uri).get_experiment_by_name(experiment_name)
     page = f"{base}/{experiment.experiment_id}" if experiment is not None else base
     return f"{page}?workflowType=machine_learning"

@@ -357,9 +357,10 @@ def read_record(
             "record"
         )
     _check_dat_size(directory, header)
-    annotated = require_annotations or Path(f"{base}.atr").is_file()
-    if annotated and Path(f"{base}.atr").is_file():
-        check_annotation_file(readable_file(f"{base}.atr", f"the annotations of record {name}"))
+    atr = Path(f"{base}.atr")
+    annotated = require_annotations or atr.is_file()
+    if atr.is_file():  # a missing one is named by wfdb's reading below
+        check_annotation_file(readable_file(atr, f"the annotations of record {name}"))
     try:
         signal, fields = wfdb.rdsamp(base, channels=[channel])
         annotation = wfdb.rdann(base, "atr") if annotated else None
@@ -379,9 +380,8 @@ def read_record(
         samples = np.asarray(annotation.sample, dtype=np.int64)
         kinds, counts = np.unique(symbols, return_counts=True)
         beats = sum(int(n) for kind, n in zip(kinds, counts, strict=True) if is_beat_symbol(kind))
-        check_annotation_codes(annotation, Path(f"{base}.atr"))
-        check_annotations(samples, beats, len(signal), float(fields["fs"]), Path(f"{base}.atr"),
-                          annotation.fs)
+        check_annotation_codes(annotation, atr)
+        check_annotations(samples, beats, len(signal), float(fields["fs"]), atr, annotation.fs)
         unmapped = unmapped_symbols(annotation.symbol)
         is_beat = np.isin(symbols, list(AAMI_MAP))
         symbols, samples = symbols[is_beat], samples[is_beat]

@@ -60,16 +60,17 @@ def check_header(header, path: Path) -> None:
     if header.sig_len is not None and (_bad_number(header.sig_len) or int(header.sig_len) < 1):
         raise DataError(f"{path}: signal length {header.sig_len!r} samples in the record "
                         "line; expected a positive number of samples")
-    for k, name in enumerate(header.sig_name or []):
-        gain = (header.adc_gain or [None] * (k + 1))[k]
+    names = header.sig_name or []
+    absent = [None] * len(names)  # a field the header does not give
+    for name, gain, resolution, baseline in zip(names, header.adc_gain or absent,
+                                                header.adc_res or absent,
+                                                header.baseline or absent, strict=False):
         if gain is not None and _bad_number(gain):
             raise DataError(f"{path}: signal {name} has ADC gain {gain!r}; expected a positive "
                             "number of ADC units per physical unit")
-        resolution = (header.adc_res or [None] * (k + 1))[k]
         if resolution is not None and _bad_number(resolution, allow_zero=True):
             raise DataError(f"{path}: signal {name} has ADC resolution {resolution!r}; "
                             "expected a number of bits (0 for the format's default)")
-        baseline = (header.baseline or [None] * (k + 1))[k]
         if baseline is not None and not math.isfinite(float(baseline)):
             raise DataError(f"{path}: signal {name} has baseline {baseline!r}; expected a "
                             "finite ADC value")

@@ -26,7 +26,12 @@ from ecg_experiments.models.checkpoint import TrainedModel, resolve_trained_mode
 from ecg_experiments.models.classifier import ClassifierModule
 from ecg_experiments.tasks.score import Scoring, check_scorable, holdout_parts, score
 from ecg_experiments.tracked_data import log_datasets
-from ecg_experiments.tracking import choice_tags, log_run_metadata, run_id_in
+from ecg_experiments.tracking import (
+    choice_tags,
+    local_store_exists,
+    log_run_metadata,
+    run_id_in,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +177,8 @@ def evaluation_run_name(model: TrainedModel, source_run: str | None, lookup_uri:
     store), else the checkpoint's run folder and file; the data option given, else the
     model's own."""
     run_id = source_run or run_id_in(model.checkpoint.parent.parent)
-    known = source_run is not None or (lookup_uri.startswith("sqlite:///") and Path(
-        lookup_uri.removeprefix("sqlite:///")).is_file())
+    # a checkpoint's run is looked up in a local store only: no server is asked for it
+    known = source_run is not None or local_store_exists(lookup_uri) is True
     run_name, run_tags = None, {}
     if run_id and known:
         try:
