@@ -10,7 +10,7 @@ ARGS    ?=
 SHARED  ?= $(if $(ECG_SHARED_DATA),$(ECG_SHARED_DATA),$(abspath ../shared/data))
 export ECG_MITDB_DIR ?= $(if $(wildcard $(SHARED)/mitdb/RECORDS),$(SHARED)/mitdb,)
 
-.PHONY: install test test-all train ui lint bench
+.PHONY: install test test-all train ui lint bench docs docs-build
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,5 +40,14 @@ ui: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/benchmark.py $(ARGS)
 
+# ruff, then the layer contract of the package (.importlinter)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+# the documentation site (mkdocs-material): `make docs` serves it, `make docs-build` checks it
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:$(or $(DOCS_PORT),8000)
+
+docs-build: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir outputs/site

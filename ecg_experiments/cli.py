@@ -14,21 +14,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ecg_experiments.errors import EcgUserError
+from ecg_experiments.errors import user_error_in
 
 log = logging.getLogger("ecg_experiments")
-
-
-def user_error_in(err: BaseException) -> EcgUserError | None:
-    """The EcgUserError behind `err`, also when a library wrapped it (hydra.instantiate)."""
-    seen = 0
-    current: BaseException | None = err
-    while current is not None and seen < 10:
-        if isinstance(current, EcgUserError):
-            return current
-        current = current.__cause__ or current.__context__
-        seen += 1
-    return None
 
 
 @contextlib.contextmanager

@@ -41,8 +41,8 @@ KEY_PARAMS = {
 }
 KEY_METRICS = ("test/acc", "test/f1_macro", "test/auroc_macro")
 DEFAULT_METRIC = "val/f1_macro"  # conf/train.yaml's monitor.metric
-# the tags of child runs that are part of another run (crossval.py, repeats.py, crossdb.py);
-# the children of a sweep are whole runs and carry none of them
+# the tags of child runs that are part of another run (runs/crossval.py, runs/repeats.py,
+# runs/crossdb.py); the children of a sweep are whole runs and carry none of them
 PART_TAGS = {"cv.fold": "fold", "repeat.seed": "seed", "also_test": "also_test"}
 
 

@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from ecg_experiments.errors import ConfigError
+from ecg_experiments.errors import ConfigError, user_error_in
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"
@@ -46,7 +46,7 @@ def _window_length(*args: Any) -> int:
 def _rr_count(on: Any, context: Any = 0, template: Any = False) -> int:
     """The number of per-beat features (0 when off), with `context` R-R intervals on either
     side (data.recipe.rr_context) and the template features (data.recipe.template_features)."""
-    from ecg_experiments.data.segment import rr_feature_names
+    from ecg_experiments.data.beat_features import rr_feature_names
 
     return len(rr_feature_names(int(context or 0), bool(template))) if on else 0
 
@@ -98,7 +98,8 @@ def group_choice(group: str) -> str:
 # each class's own `input_kind`. Other targets are imported to ask them.
 DATA_INPUT_KINDS = {
     "ecg_experiments.data.beats.BeatsDataModule": "signal",
-    "ecg_experiments.data.mitbih.PhysionetDataModule": "signal",
+    "ecg_experiments.data.physionet_datamodule.PhysionetDataModule": "signal",
+    "ecg_experiments.data.mitbih.PhysionetDataModule": "signal",  # stored by older runs
     "ecg_experiments.data.mitbih.MitbihDataModule": "signal",
     "ecg_experiments.data.images.ImageDataModule": "image",
 }
@@ -197,7 +198,6 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from ecg_experiments.cli import user_error_in
 
     try:
         return instantiate(node, **kwargs)

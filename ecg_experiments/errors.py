@@ -1,5 +1,7 @@
 """Errors that the user can fix (bad input, bad config), reported without a traceback."""
 
+from __future__ import annotations
+
 
 class EcgUserError(Exception):
     """A problem with the user's input or configuration.
@@ -22,3 +24,15 @@ def first_sentence(err: BaseException) -> str:
     messages can run to a paragraph)."""
     text = (str(err).strip().splitlines() or [""])[0]
     return text.split(". ")[0].rstrip(".") or type(err).__name__
+
+
+def user_error_in(err: BaseException) -> EcgUserError | None:
+    """The EcgUserError behind `err`, also when a library wrapped it (hydra.instantiate)."""
+    seen = 0
+    current: BaseException | None = err
+    while current is not None and seen < 10:
+        if isinstance(current, EcgUserError):
+            return current
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None

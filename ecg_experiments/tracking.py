@@ -248,8 +248,6 @@ def log_model(
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    import ecg_experiments
-
     net = net.eval().cpu()
     if checkpoint is not None:  # the logged model holds the weights of the checkpoint it names
         net = _with_checkpoint_weights(net, Path(checkpoint))
@@ -265,7 +263,7 @@ def log_model(
             input_example=example.numpy(),
             metadata={"class_names": list(class_names), "preprocessing": dict(preprocessing),
                       "output": "logits; softmax gives class probabilities"},
-            code_paths=[str(Path(ecg_experiments.__file__).parent)],
+            code_paths=[str(Path(__file__).parent)],  # the package's folder
             pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy"],
         )
         tags = {"model.uri": info.model_uri, "model.class_names": ",".join(class_names),

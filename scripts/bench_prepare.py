@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ecg_experiments.data.mitbih import BeatTable, prepare_mitbih
+from ecg_experiments.data.beat_table import BeatTable, prepare_mitbih
 from ecg_experiments.data.segment import CenteredRecipe, KachueeRecipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

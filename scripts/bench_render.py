@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ecg_experiments.config import PROJECT_ROOT
-from ecg_experiments.data.mitbih import BeatTable, prepare_mitbih
+from ecg_experiments.data.beat_table import BeatTable, prepare_mitbih
 from ecg_experiments.data.render import (
     ScalogramRenderer,
     SpectrogramRenderer,

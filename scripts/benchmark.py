@@ -170,7 +170,7 @@ def loop_overhead(mitdb: str, beats: int, repeats: int) -> list[dict]:
 
 
 def preparation(mitdb: str) -> list[dict]:
-    from ecg_experiments.data.mitbih import prepare_mitbih
+    from ecg_experiments.data.beat_table import prepare_mitbih
     from ecg_experiments.data.segment import KachueeRecipe
 
     with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
@@ -193,7 +193,8 @@ def rendering(mitdb: str, count: int, repeats: int) -> list[dict]:
 
 def image_loading(mitdb: str, per_class: int, workers: int) -> list[dict]:
     """Loader images/s (cnn2d's 64x64 beat images) against cnn2d's training images/s."""
-    from ecg_experiments.data.images import ImageAugment, ImageDataModule
+    from ecg_experiments.data.image_files import ImageAugment
+    from ecg_experiments.data.images import ImageDataModule
     from ecg_experiments.data.mitbih import MitbihDataModule
     from ecg_experiments.data.render import RenderedBeats, WaveformRenderer
     from ecg_experiments.data.segment import KachueeRecipe

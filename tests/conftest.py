@@ -84,7 +84,7 @@ def mitdb_dir() -> Path:
 @pytest.fixture(scope="session")
 def kachuee_prepared(mitdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The kachuee recipe run once on all 48 shared records (about 4 s)."""
-    from ecg_experiments.data.mitbih import prepare_mitbih
+    from ecg_experiments.data.beat_table import prepare_mitbih
     from ecg_experiments.data.segment import KachueeRecipe
 
     root = tmp_path_factory.mktemp("prepared")

@@ -93,8 +93,8 @@ def test_the_beat_figure_has_a_bar_per_r_r_feature(tmp_path, monkeypatch) -> Non
     import ecg_experiments.evaluation.attribution as attribution
 
     drawn = []
-    save = attribution._save
-    monkeypatch.setattr(attribution, "_save", lambda fig, path: (drawn.append(fig),
+    save = attribution.save_figure
+    monkeypatch.setattr(attribution, "save_figure", lambda fig, path: (drawn.append(fig),
                                                                  save(fig, path))[1])
     spec = InputSpec(kind="signal", class_names=("N", "V"), signal_length=100, rate=125.0,
                      features=("pre", "post"))

@@ -90,7 +90,7 @@ def test_trainer_gpu_without_gpu_fails_clearly(compose_train) -> None:
 
 def test_balanced_class_weights(compose_train, tmp_path) -> None:
     from ecg_experiments.data.beats import BeatsDataModule, write_beats_csv
-    from ecg_experiments.tasks.train import _class_weights
+    from ecg_experiments.runs.fit_setup import class_weights as _class_weights
 
     labels = [0] * 60 + [1] * 20 + [2] * 20  # class 3 and 4 absent
     path = tmp_path / "b.csv"

@@ -77,7 +77,7 @@ def test_folds_are_child_runs_with_disjoint_records_and_the_parent_gets_mean_and
 
 
 def test_the_cv_epoch_count_is_the_best_fold_mean_over_epochs_all_folds_reached() -> None:
-    from ecg_experiments.crossval import chosen_epochs, epoch_curve
+    from ecg_experiments.runs.crossval import chosen_epochs, epoch_curve
 
     histories = [  # fold 1 stopped early after 3 epochs: the curve ends there
         [{"epoch": e, "val/f1_macro": v, "val/loss": 1 - v} for e, v in enumerate(values)]

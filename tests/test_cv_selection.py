@@ -12,9 +12,10 @@ import torch
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 from torchmetrics.classification import MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
-from ecg_experiments.crossval import Fitted, cross_validate, summarise_folds
 from ecg_experiments.evaluation.metrics import classification_metrics, present_class_mean
 from ecg_experiments.evaluation.report import bootstrap_ci, confusion_matrix, macro_average
+from ecg_experiments.runs.crossval import cross_validate, summarise_folds
+from ecg_experiments.runs.fits import Fitted
 from tests.conftest import all_runs, compose_config
 
 # ---- 1. the CV value that selects is the fold mean at cv/epochs ----

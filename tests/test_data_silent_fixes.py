@@ -17,9 +17,11 @@ import pytest
 import torch
 import wfdb
 
-from ecg_experiments.data.mitbih import PhysionetDataModule, prepare_database
+from ecg_experiments.data.beat_features import MIN_TEMPLATE_BEATS
+from ecg_experiments.data.beat_table import prepare_database
 from ecg_experiments.data.physionet import AAMI_MAP, read_record
-from ecg_experiments.data.segment import MIN_TEMPLATE_BEATS, CenteredRecipe, KachueeRecipe
+from ecg_experiments.data.physionet_datamodule import PhysionetDataModule
+from ecg_experiments.data.segment import CenteredRecipe, KachueeRecipe
 from ecg_experiments.errors import ConfigError, DataError
 from tests.conftest import compose_config, shared_path
 
@@ -138,7 +140,7 @@ def test_unmapped_annotation_symbols_are_counted_and_logged(
         symbols = wfdb.rdann(str(mitdb_dir / name), "atr").symbol
         expected[name] = dict(collections.Counter(s for s in symbols if s not in AAMI_MAP))
     assert expected["207"]["!"] == 472
-    with caplog.at_level(logging.INFO, logger="ecg_experiments.data.mitbih"):
+    with caplog.at_level(logging.INFO, logger="ecg_experiments.data.beat_table"):
         target = prepare_database(mitdb_dir, tmp_path, KachueeRecipe(), "mitdb", records,
                                   download=False, progress=False)
     manifest = json.loads((target / "manifest.json").read_text())
@@ -148,7 +150,7 @@ def test_unmapped_annotation_symbols_are_counted_and_logged(
     assert "beat symbols of no AAMI class ! 472" in line and f"+ {total_plus}" in line
     assert "~ 15" in line and "[ 6" in line
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="ecg_experiments.data.mitbih"):
+    with caplog.at_level(logging.INFO, logger="ecg_experiments.data.beat_table"):
         prepare_database(mitdb_dir, tmp_path, KachueeRecipe(), "mitdb", records,
                          download=False, progress=False)  # cached: still said
     assert any("! 472" in r.getMessage() for r in caplog.records)
@@ -200,14 +202,14 @@ def test_a_stale_saved_split_is_replaced(svdb_subset: Path, tmp_path: Path,
     dm, frame = _svdb_split(svdb_subset, prepared, ["802"])
     saved = dm._split_dir() / "split.csv"
     saved.write_text(frame.iloc[:10].to_csv(index=False))
-    with caplog.at_level(logging.WARNING, logger="ecg_experiments.data.mitbih"):
+    with caplog.at_level(logging.WARNING, logger="ecg_experiments.data.physionet_datamodule"):
         _svdb_split(svdb_subset, prepared, ["802"])
     assert saved.read_text() == frame.to_csv(index=False)
     assert any("another split" in r.getMessage() for r in caplog.records)
     # the same rows saved without a column added since: rewritten, without a warning
     saved.write_text(frame.drop(columns=["label"]).to_csv(index=False))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="ecg_experiments.data.mitbih"):
+    with caplog.at_level(logging.WARNING, logger="ecg_experiments.data.physionet_datamodule"):
         _svdb_split(svdb_subset, prepared, ["802"])
     assert saved.read_text() == frame.to_csv(index=False)
     assert not any("another split" in r.getMessage() for r in caplog.records)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import wfdb
 
-from ecg_experiments.data.mitbih import BeatTable, PhysionetDataModule, prepare_database
+from ecg_experiments.data.beat_table import BeatTable, prepare_database
 from ecg_experiments.data.physionet import DATABASES, ensure_database, read_record
+from ecg_experiments.data.physionet_datamodule import PhysionetDataModule
 from ecg_experiments.data.segment import CenteredRecipe, KachueeRecipe
 from ecg_experiments.data.splits import cv_fold
 from ecg_experiments.errors import ConfigError, DataError
@@ -170,6 +171,28 @@ def test_also_test_evaluates_the_best_checkpoint_on_another_database_in_one_tabl
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert "report/also_test.csv" in {a.path for a in client.list_artifacts(
         parent.info.run_id, "report")}
+    # one scoring stage: evaluate of the same checkpoint on the same records gives the
+    # also_test row's metrics and report files
+    from ecg_experiments.tasks.evaluate import evaluate
+
+    best = next((Path(cfg.paths.run_dir) / "checkpoints").glob("epoch_*.ckpt"))
+    eval_cfg = compose_config(tmp_path / "eval", [
+        f"ckpt={best}", "data=physionet", "data.database=svdb",
+        f"data.dir={shared_path('svdb')}", "data.records=[800]", "data.download=false",
+        "holdout=all", "logger=none", "report.bootstrap_rounds=20"], "eval")
+    evaluated = evaluate(eval_cfg)
+    common = [k for k in child.data.metrics if k.startswith("test/") and k in evaluated]
+    assert len(common) > 20 and "test/aami/se_V" in common
+    for key in common:
+        assert evaluated[key] == pytest.approx(child.data.metrics[key], nan_ok=True), key
+    also_report = best.parent.parent / "also_test" / "svdb" / "report"
+    eval_report = Path(eval_cfg.paths.run_dir) / "report"
+    written = sorted(p.name for p in also_report.glob("*.csv"))
+    assert written == sorted(p.name for p in eval_report.glob("*.csv"))
+    assert {"predictions.csv", "per_class.csv", "per_record.csv", "aami.csv"} <= set(written)
+    for name in written:
+        pd.testing.assert_frame_equal(pd.read_csv(eval_report / name),
+                                      pd.read_csv(also_report / name))
 
 
 def test_an_empty_folder_of_a_listed_database_names_what_is_missing(tmp_path: Path) -> None:

@@ -202,7 +202,7 @@ def test_fuzz_beats_csv(good, data) -> None:
 @FUZZ
 @given(data=st.data())
 def test_fuzz_image_file(good, data) -> None:
-    from ecg_experiments.data.images import load_image
+    from ecg_experiments.data.image_files import load_image
 
     kind, content = data.draw(mutated(good["png"].read_bytes()))
     result, value = read_bytes_as(content, "image.png", lambda path: load_image(path, 3))

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ecg_experiments.data.images import ImageAugment, ImageDataModule, image_transform
+from ecg_experiments.data.image_files import ImageAugment, image_transform
+from ecg_experiments.data.images import ImageDataModule
 from ecg_experiments.errors import ConfigError, DataError
 
 

@@ -84,7 +84,7 @@ def test_balance_options_are_checked(imbalanced_csv) -> None:
 
 
 def test_class_weights_mode_weights_the_loss(compose_train, imbalanced_csv) -> None:
-    from ecg_experiments.tasks.train import _class_weights
+    from ecg_experiments.runs.fit_setup import class_weights as _class_weights
 
     cfg = compose_train(["data=beats_csv", f"data.train_file={imbalanced_csv}",
                          "data.balance=class_weights"])

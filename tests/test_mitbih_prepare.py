@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ecg_experiments.data.beat_features import RR_FEATURES
+from ecg_experiments.data.beat_table import BeatTable, prepare_mitbih
 from ecg_experiments.data.beats import read_beats_csv
-from ecg_experiments.data.mitbih import BeatTable, MitbihDataModule, prepare_mitbih
+from ecg_experiments.data.mitbih import MitbihDataModule
 from ecg_experiments.data.physionet import DS1, DS2, PACED, read_record
-from ecg_experiments.data.segment import RR_FEATURES, CenteredRecipe, KachueeRecipe
+from ecg_experiments.data.segment import CenteredRecipe, KachueeRecipe
 
 # the public Kaggle files (mitbih_train.csv + mitbih_test.csv) per AAMI class
 KAGGLE_TOTALS = {"N": 90_589, "S": 2_779, "V": 7_236, "F": 803, "Q": 8_039}
@@ -219,7 +221,7 @@ def test_template_features_set_ventricular_beats_apart_from_the_patients_own(
         mitdb_dir: Path) -> None:
     """template_features: correlation with / RMS from the record's median beat. On record 208
     (992 V among 1,586 N) the V beats are far from the median beat, the N beats close."""
-    from ecg_experiments.data.segment import TEMPLATE_FEATURES, template_features
+    from ecg_experiments.data.beat_features import TEMPLATE_FEATURES, template_features
 
     record = read_record(mitdb_dir, "208")
     recipe = CenteredRecipe(rate=120, template_features=True)

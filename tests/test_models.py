@@ -62,7 +62,7 @@ def test_rr_features_reach_the_head(compose_train, mitdb_dir) -> None:
     from hydra.utils import instantiate
 
     from ecg_experiments.config import build, validate_train_config
-    from ecg_experiments.data.segment import RR_FEATURES
+    from ecg_experiments.data.beat_features import RR_FEATURES
     from ecg_experiments.errors import ConfigError
 
     overrides = [f"paths.mitdb_dir={mitdb_dir}", "data.download=false", "data.records=[100,208]",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecg_experiments.data.mitbih import prepare_mitbih
+from ecg_experiments.data.beat_table import prepare_mitbih
 from ecg_experiments.data.physionet import (
     AAMI_CLASSES,
     DS1,

@@ -104,7 +104,7 @@ def test_rendered_beats_class_folders_record_names_and_cache(three_records) -> N
     assert counts == manifest["images"]
     assert counts["N"] == counts["S"] == counts["V"] == 6  # capped
     assert 0 < counts["F"] <= 6  # records 207/208 hold only a few F beats
-    from ecg_experiments.data.mitbih import BeatTable
+    from ecg_experiments.data.beat_table import BeatTable
 
     table = BeatTable.load(beats.prepared_path / "beats.npz")
     known = {f"{r.replace('/', '-')}_{s:07d}.png"
@@ -151,7 +151,7 @@ def test_image_datamodule_renders_when_missing_and_splits_by_record(three_record
 @pytest.mark.parametrize("channels", [3, 1])
 def test_images_drawn_on_the_fly_have_the_pixels_of_the_png_files(
         renderer, size: int, channels: int, tmp_path: Path) -> None:
-    from ecg_experiments.data.images import load_image
+    from ecg_experiments.data.image_files import load_image
 
     rng = np.random.default_rng(size)
     beats = np.concatenate([_sine(3.0) + 0.3 * rng.standard_normal((1, 187)) for _ in range(5)])

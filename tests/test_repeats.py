@@ -11,9 +11,14 @@ import pandas as pd
 import pytest
 from omegaconf import open_dict
 
-from ecg_experiments.crossval import summarise
 from ecg_experiments.errors import ConfigError
-from ecg_experiments.repeats import check_repeats, pinned_data_seeds, seed_config, summarise_seeds
+from ecg_experiments.runs.crossval import summarise
+from ecg_experiments.runs.repeats import (
+    check_repeats,
+    pinned_data_seeds,
+    seed_config,
+    summarise_seeds,
+)
 from ecg_experiments.tasks.train import train
 from tests.conftest import FAST, all_runs, shared_path
 

@@ -322,7 +322,7 @@ def test_explore_writes_distribution_examples_and_split_sizes(
 ) -> None:
     from hydra.utils import instantiate
 
-    from ecg_experiments.tasks.explore import explore_data
+    from ecg_experiments.evaluation.explore import explore_data
 
     cfg = compose_train(["data=beats_csv", f"data.train_file={kachuee_mitbih_csv}"], "explore")
     datamodule = instantiate(cfg.data)

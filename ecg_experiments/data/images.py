@@ -3,163 +3,48 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from PIL import Image, UnidentifiedImageError
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.data.identity import ALSO, rendered_beat_id
+from ecg_experiments.data.image_files import (
+    IMAGE_EXTENSIONS,
+    ImageAugment,
+    ImageFiles,
+    check_image_file,
+    image_files,
+    image_transform,
+    load_image,
+)
+from ecg_experiments.data.image_splits import (
+    GIVEN,
+    assign_image_splits,
+    duplicate_groups,
+    record_ids,
+)
 from ecg_experiments.data.render import (
     BeatRows,
     RenderedBeatImages,
     RenderedBeats,
     is_rendered_folder,
 )
-from ecg_experiments.data.splits import cv_fold, grouped_split, split_table, stratified_split
+from ecg_experiments.data.splits import cv_fold, split_table
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.inputs import InputSpec
-from ecg_experiments.io import readable_file
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-# what PIL raises for a file that is not a readable image (truncated, wrong format, ...)
-UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
 SPLITS = ("auto", "stratified", "records", "given")
-GIVEN = ("train", "val", "test")
-
-
-@dataclass
-class ImageAugment:
-    """Train-time augmentation (torchvision transforms v2); 0 or None turns a step off.
-
-    rotation: random rotation up to ± degrees (the seed studies' augmentation);
-    resized_crop_scale: [min, max] area of a random resized crop;
-    translate / scale: a small random affine (fraction of the size / [min, max] zoom);
-    brightness / contrast: colour jitter strengths.
-    """
-
-    rotation: float = 10.0
-    resized_crop_scale: Sequence[float] | None = None
-    translate: float = 0.0
-    scale: Sequence[float] | None = None
-    brightness: float = 0.0
-    contrast: float = 0.0
-
-    def transforms(self, size: int) -> list[v2.Transform]:
-        steps: list[v2.Transform] = []
-        if self.resized_crop_scale:
-            steps.append(v2.RandomResizedCrop(size, scale=tuple(self.resized_crop_scale),
-                                              antialias=True))
-        if self.rotation:
-            steps.append(v2.RandomRotation(self.rotation,
-                                            interpolation=v2.InterpolationMode.BILINEAR))
-        if self.translate or self.scale:
-            steps.append(v2.RandomAffine(0, translate=(self.translate,) * 2 if self.translate
-                                         else None, scale=tuple(self.scale) if self.scale
-                                         else None))
-        if self.brightness or self.contrast:
-            steps.append(v2.ColorJitter(brightness=self.brightness, contrast=self.contrast))
-        return steps
-
-
-def image_transform(
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    augment: ImageAugment | None = None,
-) -> v2.Compose:
-    """PIL image → normalised float tensor [C, size, size]; with `augment` for training."""
-    steps: list[v2.Transform] = [v2.ToImage(), v2.Resize((image_size, image_size),
-                                                          antialias=True)]
-    if augment is not None:
-        steps += augment.transforms(image_size)
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
-
-
-def load_image(path: Path, channels: int) -> Image.Image:
-    """Decode an image file to RGB (channels=3) or grey (channels=1); DataError if corrupt."""
-    what = f"a {', '.join(IMAGE_EXTENSIONS)} file"
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("I;16", "I", "F"):  # 16-bit or float grey: scale to 8 bits
-                values = np.asarray(image, dtype=np.float64)
-                span = max(float(values.max() - values.min()), 1e-12)
-                image = Image.fromarray(((values - values.min()) / span * 255).astype(np.uint8))
-            return image.convert("RGB" if channels == 3 else "L")
-    except UNREADABLE as err:
-        if isinstance(err, OSError) and err.errno is not None:  # missing, a folder, no access
-            readable_file(path, what)
-        raise DataError(f"{path}: not a readable image ({err}); expected {what}") from err
-
-
-class ImageFiles(Dataset):
-    """(image tensor, label) pairs from a list of files."""
-
-    def __init__(self, paths: Sequence[Path], labels: np.ndarray, transform: v2.Compose,
-                 channels: int = 3) -> None:
-        self.paths = list(paths)
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.transform = transform
-        self.channels = channels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = load_image(self.paths[index], self.channels)
-        return self.transform(image), self.labels[index]
-
-
-def _check_file(path: Path) -> tuple[str, str | None]:
-    """(SHA-256 of the bytes, None) or (hash, error) when the image does not decode."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        return "", f"cannot be read: {err.strerror or err}"
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # the bytes already read, decoded once
-            image.load()
-    except UNREADABLE as err:
-        return digest, str(err) or type(err).__name__
-    return digest, None
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Every png/jpg/bmp file under `folder` (recursively), sorted."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-
-
-def _components(*keys: np.ndarray) -> np.ndarray:
-    """Group id per row: rows sharing a value in any key column are in one group."""
-    n = len(keys[0])
-    rows, cols = [], []
-    for key in keys:
-        _, first = np.unique(key, return_inverse=True)
-        anchor = np.zeros(first.max() + 1 if n else 0, dtype=np.int64)
-        anchor[first[::-1]] = np.arange(n)[::-1]  # the first row holding each value
-        rows.append(np.arange(n))
-        cols.append(anchor[first])
-    graph = coo_matrix((np.ones(n * len(keys)), (np.concatenate(rows), np.concatenate(cols))),
-                       shape=(n, n))
-    return connected_components(graph, directed=False)[1]
 
 
 class ImageDataModule(ClassDataModule):
@@ -349,7 +234,7 @@ class ImageDataModule(ClassDataModule):
         if is_rendered_folder(root):  # its files are beats of records: say which
             frame[ALSO] = [rendered_beat_id(Path(path).name) for path in frame["path"]]
         with ThreadPoolExecutor(max_workers=4) as pool:
-            checked = list(pool.map(_check_file, frame["path"]))
+            checked = list(pool.map(check_image_file, frame["path"]))
         frame["sha256"] = [digest for digest, _ in checked]
         errors = [(path, error) for path, (_, error) in zip(frame["path"], checked, strict=True)
                   if error]
@@ -375,68 +260,20 @@ class ImageDataModule(ClassDataModule):
                                           random_state=self.seed)).index)
         return frame.loc[np.sort(keep)].reset_index(drop=True)
 
-    # -- splitting ------------------------------------------------------------------------
+    # -- splitting (data/image_splits.py) ------------------------------------------------
     def _record_of(self, paths: pd.Series) -> np.ndarray:
         assert self.group_regex is not None
-        names = [Path(p).name for p in paths]
-        found = [self.group_regex.search(name) for name in names]
-        bad = [name for name, match in zip(names, found, strict=True) if match is None]
-        if bad:
-            raise DataError(f"{paths.iloc[names.index(bad[0])]}: data.group_regex="
-                            f"{self.group_regex.pattern!r} finds no record id in the file name")
-        return np.array([m.group(1) if m.groups() else m.group(0) for m in found])
+        return record_ids(paths, self.group_regex)
 
     def _assign(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Row indices per split; duplicates (and records, if grouped) never straddle."""
-        source = self._where
-        if frame["given"].notna().all():
-            parts = {p: np.flatnonzero(frame["given"].to_numpy() == p) for p in GIVEN}
-            if len(parts["val"]) == 0:  # no val/ folder: carve validation from train/
-                train = parts["train"]
-                inner = self._grouped_stratified(
-                    frame.iloc[train], {"train": 1 - self.val_fraction,
-                                        "val": self.val_fraction}, f"{source}/train")
-                parts["train"], parts["val"] = train[inner["train"]], train[inner["val"]]
-            return self._drop_cross_split_duplicates(frame, parts)
         fractions = {"train": 1 - self.val_fraction - self.test_fraction,
                      "val": self.val_fraction, "test": self.test_fraction}
-        if self.split == "records":
-            groups = _components(frame["sha256"].to_numpy(), self._record_of(frame["path"]))
-            return grouped_split(groups, fractions, self.seed, f"{source} records")
-        return self._grouped_stratified(frame, fractions, source)
-
-    def _drop_cross_split_duplicates(self, frame: pd.DataFrame,
-                                     parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Given splits: an image whose exact copy (same SHA-256) is in an earlier split
-        (train, then val, then test) is left out of the later one, so no image is both
-        trained and tested on; the count is logged and tagged."""
-        digests = frame["sha256"].to_numpy()
-        seen: set[str] = set()
-        kept = {}
-        for name in GIVEN:
-            rows = parts[name]
-            keep = np.array([digests[r] not in seen for r in rows], dtype=bool)
-            seen.update(digests[rows].tolist())
-            kept[name] = rows[keep]
-            if (~keep).any():
-                log.warning("%s/%s: %d image(s) are exact copies of images in an earlier split "
-                            "and are left out of %s (e.g. %s)", self.root, name,
-                            int((~keep).sum()), name, frame["path"].iloc[rows[~keep][0]])
-        self.cross_split_duplicates = sum(len(parts[n]) - len(kept[n]) for n in GIVEN)
-        return kept
-
-    def _grouped_stratified(self, frame: pd.DataFrame, fractions: dict[str, float],
-                            source: str) -> dict[str, np.ndarray]:
-        """Stratified split of duplicate groups (one representative each), then expanded."""
-        groups = _components(frame["sha256"].to_numpy())
-        _, first = np.unique(groups, return_index=True)
-        labels = frame["label"].to_numpy()
-        chosen = stratified_split(labels[first], fractions, self.seed, self.class_names, source)
-        group_part = {}
-        for part, rows in chosen.items():
-            group_part.update(dict.fromkeys(groups[first[rows]].tolist(), part))
-        part_of = np.array([group_part[g] for g in groups.tolist()])
-        return {part: np.flatnonzero(part_of == part) for part in fractions}
+        records = (self._record_of(frame["path"]) if self.split == "records"
+                   and not frame["given"].notna().all() else None)
+        parts, self.cross_split_duplicates = assign_image_splits(
+            frame, fractions, self.seed, self.class_names, self._where, records)
+        return parts
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -451,7 +288,7 @@ class ImageDataModule(ClassDataModule):
         parts = self._assign(frame)
         records = self._record_of(frame["path"]) if self.group_regex is not None else None
         if self.folds is not None:  # fold `fold` of the training pool, by record
-            groups = _components(frame["sha256"].to_numpy(), records)
+            groups = duplicate_groups(frame["sha256"].to_numpy(), records)
             pool = np.sort(np.concatenate([parts["train"], parts["val"]]))
             held = cv_fold(groups[pool], frame["label"].to_numpy()[pool], self.folds,
                            self.seed, f"{self._where} (training pool)") == self.fold

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ecg_experiments.evaluation.plots import _save, plt
+from ecg_experiments.evaluation.plots import plt, save_figure  # plots sets the Agg backend
 from ecg_experiments.evaluation.robustness import class_probabilities
 from ecg_experiments.inputs import InputSpec
 
@@ -130,7 +130,7 @@ def plot_beat(beat: np.ndarray, attribution: np.ndarray, spec: InputSpec, title:
                                                  for v in values])
         axes[0, 1].axvline(0, color="black", linewidth=0.8)
         axes[0, 1].set_title("features", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _display_image(x: torch.Tensor, spec: InputSpec) -> np.ndarray:
@@ -155,7 +155,7 @@ def plot_image(x: torch.Tensor, cam: np.ndarray, spec: InputSpec, title: str,
     axes[1].set_title("Grad-CAM" if cam.max() > 0 else
                       "Grad-CAM: all zero (no region raises this class)", fontsize=9)
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_mean_attribution(signals: np.ndarray, attributions: np.ndarray, y_true: np.ndarray,
@@ -192,7 +192,7 @@ def plot_mean_attribution(signals: np.ndarray, attributions: np.ndarray, y_true:
                      "predicted class; mean beat in grey)", fontsize=9)
         ax.legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("time from window start (s)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sample_by_outcome(labels: np.ndarray, predicted: np.ndarray, num_classes: int,

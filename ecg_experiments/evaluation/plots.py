@@ -15,7 +15,8 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write `fig` to `path` (its folder made), tightly laid out, and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -42,7 +43,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: Path
         ax.set_ylabel("true")
         ax.set_title(title)
     fig.colorbar(image, ax=axes[1], fraction=0.046)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
@@ -60,7 +61,7 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_title("ROC, one vs rest")
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_learning_curves(history: Sequence[Mapping[str, float]], path: Path) -> Path:
@@ -79,7 +80,7 @@ def plot_learning_curves(history: Sequence[Mapping[str, float]], path: Path) -> 
         ax.grid(alpha=0.3)
     axes[0].set_title("Loss")
     axes[1].set_title("Accuracy")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_class_distribution(counts: Mapping[str, np.ndarray], class_names: Sequence[str],
@@ -99,7 +100,7 @@ def plot_class_distribution(counts: Mapping[str, np.ndarray], class_names: Seque
     pie.pie(total, labels=[f"{n} ({c:,})" for n, c in zip(class_names, total, strict=True)],
             autopct="%1.1f%%", startangle=90)
     pie.set_title("Class share, all splits")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_example_beats(signals: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
@@ -114,7 +115,7 @@ def plot_example_beats(signals: np.ndarray, labels: np.ndarray, class_names: Seq
             ax.plot(signals[i].reshape(-1), linewidth=0.8)
         ax.set_title(f"{name} (n={len(index):,})")
         ax.set_xlabel("sample")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_example_images(image_at: Callable[[int], Any], labels: np.ndarray,
@@ -134,7 +135,7 @@ def plot_example_images(image_at: Callable[[int], Any], labels: np.ndarray,
             if j < len(chosen):
                 ax.imshow(image_at(int(chosen[j])).convert("RGB"))
         axes[k][0].set_ylabel(f"{name}\n(n={len(index):,})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_metrics_vs_snr(frame: pd.DataFrame, path: Path, noise: str) -> Path:
@@ -156,7 +157,7 @@ def plot_metrics_vs_snr(frame: pd.DataFrame, path: Path, noise: str) -> Path:
     ax.invert_xaxis()
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Metrics under noise")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 CLASS_COLOURS = {"N": "dimgrey", "S": "tab:blue", "V": "tab:red", "F": "tab:purple",
@@ -205,5 +206,5 @@ def plot_rhythm_strip(signal: np.ndarray, fs: float, samples: np.ndarray,
     reference = " (reference beneath)" if true is not None else ""
     ax.set_title(f"{title}: {int(shown.sum())} beats, predicted above{reference}"
                  + (f", {wrong} disagreements marked" if true is not None else ""), fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
     return int(shown.sum()), int(wrong)

@@ -68,7 +68,7 @@ def check_finite(state: dict, path: Path) -> None:
 
 def spec_from_config(config: DictConfig, class_names: list[str]) -> InputSpec:
     """The input description of a checkpoint written before checkpoints carried one."""
-    from ecg_experiments.data.segment import rr_feature_names
+    from ecg_experiments.data.beat_features import rr_feature_names
 
     data, model = config.data, config.model
     if model.get("input_kind") == "image":

@@ -9,29 +9,17 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ecg_experiments.config import build, group_choice, to_container
-from ecg_experiments.data.base import ClassDataModule
-from ecg_experiments.epoch_lines import progress_bar
+from ecg_experiments.config import build, group_choice
 from ecg_experiments.errors import ConfigError
-from ecg_experiments.inputs import match_classes
 from ecg_experiments.models.checkpoint import TrainedModel, resolve_trained_model
-from ecg_experiments.models.classifier import ClassifierModule
-from ecg_experiments.tasks.score import Scoring, check_scorable, holdout_parts, score
-from ecg_experiments.tracked_data import log_datasets
-from ecg_experiments.tracking import (
-    choice_tags,
-    local_store_exists,
-    log_run_metadata,
-    run_id_in,
-)
+from ecg_experiments.runs.score import evaluate_model, every_sample_in_test
+from ecg_experiments.tracking import choice_tags, local_store_exists, run_id_in
 
 log = logging.getLogger(__name__)
 
@@ -107,21 +95,6 @@ def data_for_model(cfg: DictConfig, model: TrainedModel,
     return data
 
 
-def _short_option(data_option: str, tags: dict[str, str]) -> str:
-    """The data option's name for a dataset name (`also_test.svdb` -> `svdb`)."""
-    if data_option == "the model's own data":
-        return tags.get("choice.data", "data")
-    return data_option.removeprefix("data=").rsplit(".", 1)[-1]
-
-
-def every_sample_in_test(data: DictConfig) -> None:
-    """Put every sample of the data in its test split where the data offers one that does
-    (`split=all`): evaluating on all of it needs no split drawn."""
-    if "all" in getattr(get_class(data._target_), "splits", ()):
-        with open_dict(data):
-            data.split = "all"
-
-
 def _cut_beats_as_trained(data: DictConfig, model: TrainedModel) -> None:
     """Beats of other records (another database) are cut with the recipe the model was
     trained with, and carry its R-R features or not."""
@@ -189,57 +162,3 @@ def evaluation_run_name(model: TrainedModel, source_run: str | None, lookup_uri:
     model_name = run_name or f"{model.checkpoint.parent.parent.name}-{model.checkpoint.stem}"
     data = data_choice or run_tags.get("choice.data") or "its-data"
     return f"eval-{model_name}-on-{data}", data
-
-
-def evaluate_model(cfg: DictConfig, model: TrainedModel, data_cfg: DictConfig,
-                   data_option: str, run_dir: Path, make_logger: Callable[[], Any] | None,
-                   tags: dict[str, str], title: str | None = None) -> dict[str, float]:
-    """Score a loaded model on the data of `data_cfg` (`cfg.holdout` of it) through the
-    scoring stage, into `run_dir` and the MLflow run `make_logger` makes once the data
-    passed its checks; `cfg` gives holdout, class_map, allow_seen, trainer, report, seed."""
-    datamodule: ClassDataModule = build(data_cfg)
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    model.input.check_data(datamodule.input_spec(), data_option)
-    lookup = match_classes(model.class_names, datamodule.class_names, cfg.get("class_map"),
-                           data_option)
-    if lookup != list(range(len(model.class_names))):
-        log.info("data classes [%s] matched to the model's [%s] by name",
-                 ", ".join(datamodule.class_names), ", ".join(model.class_names))
-    parts = holdout_parts(datamodule, cfg.holdout)
-    scoring = Scoring(cfg.report, int(cfg.seed), run_dir / "report", None,
-                      title or f"Evaluation of {model.checkpoint.name} ({cfg.holdout})",
-                      what=f"{data_option} (holdout={cfg.holdout})", history=model.history,
-                      seen=model.seen, allow_seen=bool(cfg.get("allow_seen")))
-    check_scorable(datamodule, parts, scoring)  # before any MLflow run or test
-    module = ClassifierModule(net=model.net, class_names=model.class_names,
-                              config=to_container(model.config), input_spec=model.input,
-                              seen=model.seen)
-    logger = make_logger() if make_logger is not None else None
-    # lines in a log as training writes them (a bar on a terminal)
-    bar = [progress_bar()] if cfg.trainer.get("enable_progress_bar", True) else []
-    trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=bar,
-                          enable_checkpointing=False)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = datamodule.fingerprint()
-    if "sources" in fingerprint:  # which lead, rate and recipe the beats were read with
-        log.info("evaluating on %s: %s", fingerprint.get("databases", data_option),
-                 fingerprint["sources"])
-    if logger is not None:
-        effective = OmegaConf.create({**to_container(cfg), "data": to_container(data_cfg)})
-        config_file = run_dir / "config.yaml"
-        OmegaConf.save(effective, config_file, resolve=True)
-        tags = {**tags, "source.checkpoint": str(model.checkpoint),
-                "model.input": model.input.describe(),
-                "data.classes": ", ".join(datamodule.class_names),
-                **{f"data.{k}": v for k, v in fingerprint.items()}}
-        log_run_metadata(logger, effective, config_file, tags)
-        log_datasets(logger.experiment, logger.run_id, datamodule,
-                     _short_option(data_option, tags), {part: "testing" for part in parts})
-    scoring.logger = logger
-    try:
-        return score(module, datamodule, trainer, parts, scoring, lookup)
-    except BaseException:
-        if logger is not None:  # a failed evaluation never stays RUNNING
-            logger.experiment.set_terminated(logger.run_id, "FAILED")
-        raise

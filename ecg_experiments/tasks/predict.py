@@ -31,7 +31,12 @@ from ecg_experiments.data.identity import (
     rendered_beat_id,
     row_ids,
 )
-from ecg_experiments.data.images import IMAGE_EXTENSIONS, ImageFiles, image_files, image_transform
+from ecg_experiments.data.image_files import (
+    IMAGE_EXTENSIONS,
+    ImageFiles,
+    image_files,
+    image_transform,
+)
 from ecg_experiments.data.physionet import (
     AAMI_CLASSES,
     DATABASES,

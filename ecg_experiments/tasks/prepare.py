@@ -14,7 +14,7 @@ from rich.table import Table
 from ecg_experiments.config import build, group_choice
 from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.data.images import ImageDataModule
-from ecg_experiments.data.mitbih import PhysionetDataModule
+from ecg_experiments.data.physionet_datamodule import PhysionetDataModule
 from ecg_experiments.data.render import RenderedBeats
 from ecg_experiments.errors import ConfigError
 

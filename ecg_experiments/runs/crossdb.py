@@ -3,7 +3,7 @@ svdb record for a model trained on mitdb DS1, in one table beside the test split
 
 Each entry of `also_test` ({name: overrides of the run's data config}) is evaluated on all
 its beats (`split=all` where the data offers it) as an MLflow child run of the training run,
-through the scoring stage (tasks/score.py). An entry scores only the database it names, and
+through the scoring stage (runs/score.py). An entry scores only the database it names, and
 never a record the model trained on: those are left out and the row says so (`note`). The
 table `also_test.csv` (accuracy, macro-F1 and the AAMI EC57 figures per data) goes to the
 run's report.
@@ -22,6 +22,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ecg_experiments.config import build
 from ecg_experiments.errors import DataError
 from ecg_experiments.evaluation.seen import SeenDataError, SeenSamples
+from ecg_experiments.models.checkpoint import load_trained_model
+from ecg_experiments.runs.score import evaluate_model, every_sample_in_test
+from ecg_experiments.tracking import log_files
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,6 @@ def data_config(cfg: DictConfig, overrides: Any, seen: SeenSamples | None = None
     """The run's data config with `overrides`, every sample in test where the data allows,
     only the database an entry names (`database: svdb` replaces the run's list of
     databases), and no record the model trained on: returns it and the records left out."""
-    from ecg_experiments.tasks.evaluate import every_sample_in_test
-
     data = OmegaConf.merge(cfg.data, overrides)
     with open_dict(data):
         if "database" in overrides and "databases" not in overrides and "databases" in data:
@@ -68,10 +69,6 @@ def also_test(cfg: DictConfig, checkpoint: str, test_metrics: dict[str, float],
     Returns `also_test/<name>/<column>` metrics."""
     from rich.console import Console
     from rich.table import Table
-
-    from ecg_experiments.models.checkpoint import load_trained_model
-    from ecg_experiments.tasks.evaluate import evaluate_model
-    from ecg_experiments.tracking import log_files
 
     model = load_trained_model(Path(checkpoint))
     settings = OmegaConf.create({"holdout": "test", "class_map": None, "seed": cfg.seed,

@@ -1,7 +1,7 @@
 """Results over seeds (`repeat.seeds`): one configuration fitted once per seed.
 
-Each seed is one fit (`train.fit_one`: train, test, also_test) or, with `cv.folds`, one
-cross-validation (`crossval.cross_validate`), tracked as an MLflow child run of one parent
+Each seed is one fit (`runs.fit.fit_one`: train, test, also_test) or, with `cv.folds`, one
+cross-validation (`runs.crossval.cross_validate`), tracked as an MLflow child run of one parent
 in its own folder `<run>/seed<s>`. The data split is part of the configuration: the seeds
 under `data` that choose and split the samples keep their value for every seed, so only the
 training draws change. The parent gets the mean and sample sd (ddof=1) over the seeds of
@@ -22,19 +22,21 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from ecg_experiments.config import build
-from ecg_experiments.crossval import (
+from ecg_experiments.errors import ConfigError
+from ecg_experiments.runs.crossval import check_cross_validation, cross_validate
+from ecg_experiments.runs.fits import (
+    FitFolder,
     Fitted,
-    FoldFolder,
-    check_cross_validation,
-    cross_validate,
+    continue_fit,
+    is_resuming,
     keep_configuration,
     mean_and_sd,
+    open_parent_run,
+    parent_run_ends,
 )
-from ecg_experiments.errors import ConfigError
-from ecg_experiments.interruption import TrainingInterrupted, slurm_restart_count
+from ecg_experiments.runs.sweep_context import default_run_name
 from ecg_experiments.tracked_data import log_children_datasets
-from ecg_experiments.tracking import RUN_ID_FILE, run_id_in
+from ecg_experiments.tracking import run_id_in
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ def seed_config(cfg: DictConfig, seed: int, run_dir: Path, name: str,
             OmegaConf.update(one, path, value, merge=False)
         one.seed = seed
         one.repeat.seeds = None
-        one.resume, one.ckpt_path = False, None  # the driver resumes a seed (SeedFolder)
+        one.resume, one.ckpt_path = False, None  # the driver resumes a seed (FitFolder)
         one.paths.run_dir = str(run_dir / f"seed{seed}")
         one.optuna_trial = None  # Optuna prunes on the seed mean, not on one seed's epochs
         if one.get("logger"):
@@ -118,28 +120,9 @@ def seed_config(cfg: DictConfig, seed: int, run_dir: Path, name: str,
     return one
 
 
-class SeedFolder(FoldFolder):
-    """A seed's folder (`<run>/seed<s>`): a fold folder's checks, and whether the
-    cross-validation of that seed (with `cv.folds`) had started."""
-
-    def __init__(self, run_dir: Path, seed: int) -> None:
-        self.path = run_dir / f"seed{seed}"
-        self.result = self.path / "fitted.json"
-
-    def cross_validation_started(self) -> bool:
-        return (self.path / RUN_ID_FILE).is_file() or (self.path / "fold0").is_dir()
-
-
 def _resuming(cfg: DictConfig, run_dir: Path) -> bool:
-    """`resume=true`, or a Slurm job requeued into the folder of a repeat that started."""
-    started = (run_dir / REPEAT_CONFIG).is_file()
-    if cfg.get("resume"):
-        if not started:
-            raise ConfigError(f"resume=true: no repeat over seeds to resume in {run_dir}; "
-                              "resume inside the interrupted run's folder with "
-                              "hydra.run.dir=<outputs/runs/DATE/TIME of that run>")
-        return True
-    return started and slurm_restart_count() >= 1
+    """Whether this continues a repeat that had started in `run_dir`."""
+    return is_resuming(cfg, run_dir, (run_dir / REPEAT_CONFIG).is_file(), "repeat over seeds")
 
 
 def seeds_table(results: list[tuple[int, Fitted]]) -> pd.DataFrame:
@@ -167,9 +150,6 @@ def repeat_seeds(cfg: DictConfig, fit_one: Callable[..., Fitted],
     """Fit `cfg` once per seed of `repeat.seeds` (each a cross-validation with `cv.folds`),
     tracked under one parent run (with `tags`); return the seed means and sds (`seeds/...`)
     and, under the optimised and monitored metric names, the seed mean of each."""
-    from ecg_experiments.tasks.train import default_run_name, sweep_tags
-    from ecg_experiments.tracking import choice_tags, log_run_metadata
-
     seeds = check_repeats(cfg)
     folds = (cfg.get("cv") or {}).get("folds")
     run_dir = Path(cfg.paths.run_dir)
@@ -183,23 +163,12 @@ def repeat_seeds(cfg: DictConfig, fit_one: Callable[..., Fitted],
              ", ".join(f"{k}={v}" for k, v in pinned.items()) or "no data seed")
     listed = ",".join(map(str, seeds))
     name = (cfg.get("logger") or {}).get("run_name") or default_run_name() or "run"
-    parent = None
-    if cfg.get("logger"):
-        parent_id = run_id_in(run_dir) if resuming else None
-        parent = build(cfg.logger, tags={**sweep_tags(), **(tags or {}), "repeat.seeds": listed},
-                       run_name=f"{name}-seeds{len(seeds)}", run_id=parent_id)
-        if parent_id is None:
-            config_file = run_dir / "config.yaml"
-            OmegaConf.save(cfg, config_file, resolve=True)
-            log_run_metadata(parent, cfg, config_file,
-                             {**choice_tags(), "repeat.seeds": listed})
-            (run_dir / RUN_ID_FILE).write_text(parent.run_id)
-        else:  # the interrupted parent run continues
-            parent.experiment.update_run(parent_id, status="RUNNING")
+    parent = open_parent_run(cfg, run_dir, resuming, {"repeat.seeds": listed},
+                             f"{name}-seeds{len(seeds)}", nest_under=tags)
     results: list[tuple[int, Fitted]] = []
-    try:
+    with parent_run_ends(parent):
         for k, seed in enumerate(seeds):
-            folder = SeedFolder(run_dir, seed)
+            folder = FitFolder(run_dir / f"seed{seed}")
             fitted = folder.finished() if resuming else None
             if fitted is not None:
                 log.info("repeat: seed %d (%d of %d) finished before (MLflow run %s)",
@@ -211,11 +180,6 @@ def repeat_seeds(cfg: DictConfig, fit_one: Callable[..., Fitted],
                                    {"repeat.seed": str(seed), "repeat.seeds": listed})
                 folder.save(fitted)
             results.append((seed, fitted))
-    except BaseException as err:
-        if parent is not None:  # an interrupted repeat resumes (resume=true); a failed one not
-            parent.experiment.set_terminated(
-                parent.run_id, "KILLED" if isinstance(err, TrainingInterrupted) else "FAILED")
-        raise
     if parent is not None:
         log_children_datasets(parent.experiment, parent.run_id, [f.run_id for _, f in results])
     per_seed = seeds_table(results)
@@ -244,7 +208,7 @@ def repeat_seeds(cfg: DictConfig, fit_one: Callable[..., Fitted],
     return {**summary, **best_means}
 
 
-def _fit_seed(one: DictConfig, folder: SeedFolder, fit_one: Callable[..., Fitted],
+def _fit_seed(one: DictConfig, folder: FitFolder, fit_one: Callable[..., Fitted],
               resuming: bool, parent: Any, folds: int | None,
               tags: dict[str, str]) -> Fitted:
     """One seed's fit or cross-validation, resumed where it stopped when `resuming`."""
@@ -256,14 +220,7 @@ def _fit_seed(one: DictConfig, folder: SeedFolder, fit_one: Callable[..., Fitted
                 one.resume = True  # its finished folds kept, the same CV parent run
         metrics = cross_validate(one, fit_one, tags)
         return Fitted(metrics, [], run_id_in(folder.path))
-    if resuming and folder.has_checkpoint():
-        with open_dict(one):
-            one.resume = True  # in the seed's own MLflow run
-    elif resuming and slurm_restart_count() >= 1 and folder.has_slurm_checkpoint():
-        pass  # fit_one resumes a requeued job from its newest checkpoint
-    elif resuming and parent is not None and folder.stale_run_id():
-        # stopped before its first checkpoint: the seed starts again, in a new run
-        parent.experiment.delete_run(folder.stale_run_id())
+    continue_fit(one, folder, resuming, parent)
     return fit_one(one, tags)
 
 

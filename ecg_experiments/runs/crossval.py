@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,27 +28,25 @@ from typing import Any
 
 import pandas as pd
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from ecg_experiments.config import build, group_choice
+from ecg_experiments.config import group_choice
 from ecg_experiments.errors import ConfigError
-from ecg_experiments.interruption import TrainingInterrupted, slurm_restart_count
-from ecg_experiments.io import atomic_path
+from ecg_experiments.runs.fits import (
+    FitFolder,
+    Fitted,
+    continue_fit,
+    is_resuming,
+    keep_configuration,
+    mean_and_sd,
+    open_parent_run,
+    parent_run_ends,
+)
+from ecg_experiments.runs.sweep_context import default_run_name
 from ecg_experiments.tracked_data import log_children_datasets
-from ecg_experiments.tracking import RUN_ID_FILE, run_id_in
+from ecg_experiments.tracking import RUN_ID_FILE, log_files
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Fitted:
-    """What one fit (`train.fit_one`) leaves for a caller: its metrics, the metrics of every
-    epoch, the MLflow run (None without a logger) and the DataModule's split table."""
-
-    metrics: dict[str, float]
-    history: list[dict[str, float]]
-    run_id: str | None
-    split: Any = None
 
 
 def check_cross_validation(cfg: DictConfig) -> int:
@@ -79,7 +76,7 @@ def fold_config(cfg: DictConfig, fold: int, folds: int, run_dir: Path) -> DictCo
     with open_dict(one):
         one.data.folds, one.data.fold = folds, fold
         one.cv.folds = None
-        one.resume, one.ckpt_path = False, None  # the driver resumes a fold (FoldFolder)
+        one.resume, one.ckpt_path = False, None  # the driver resumes a fold (FitFolder)
         one.test = False  # model selection never looks at the test split
         one.also_test = {}  # nor at other test data
         one.paths.run_dir = str(run_dir / f"fold{fold}")
@@ -91,105 +88,11 @@ def fold_config(cfg: DictConfig, fold: int, folds: int, run_dir: Path) -> DictCo
     return one
 
 
-class FoldFolder:
-    """A fold's folder (`<run>/fold<k>`): whether it finished before (its `fitted.json`, the
-    Fitted of that fit) or stopped with a checkpoint to resume from."""
-
-    def __init__(self, run_dir: Path, fold: int) -> None:
-        self.path = run_dir / f"fold{fold}"
-        self.result = self.path / "fitted.json"
-
-    def finished(self) -> Fitted | None:
-        if not self.result.is_file():
-            return None
-        saved = json.loads(self.result.read_text())
-        split = self.path / "split.csv"
-        return Fitted(saved["metrics"], saved["history"], saved["run_id"],
-                      pd.read_csv(split) if split.is_file() else None)
-
-    def save(self, fitted: Fitted) -> None:
-        """Written last, atomically: a fold with this file is complete."""
-        text = json.dumps({"metrics": fitted.metrics, "history": fitted.history,
-                           "run_id": fitted.run_id})
-        with atomic_path(self.result) as work:
-            work.write_text(text)
-
-    def has_checkpoint(self) -> bool:
-        return (self.path / "checkpoints" / "last.ckpt").is_file()
-
-    def has_slurm_checkpoint(self) -> bool:
-        """Lightning's `hpc_ckpt_<n>.ckpt` (Slurm's warning), which a requeued fit resumes."""
-        return any(self.path.glob("hpc_ckpt_*.ckpt"))
-
-    def stale_run_id(self) -> str | None:
-        """The MLflow run of a fit that stopped before its first checkpoint."""
-        return run_id_in(self.path)
-
-
-CV_CONFIG = "cv_config.yaml"
-# what may differ between a cross-validation and its resume
-RESUME_KEYS = ("resume", "ckpt_path")
-
-
-def keep_configuration(cfg: DictConfig, run_dir: Path, resuming: bool,
-                       saved_name: str = CV_CONFIG, what: str = "the cross-validation") -> None:
-    """A run made of several fits (a cross-validation, a repeat over seeds) saves its
-    configuration as `saved_name` when it starts; a resume must have the same one (apart
-    from RESUME_KEYS), or its fits would mix two experiments."""
-    from ecg_experiments.tracking import flatten_config
-
-    saved_file = run_dir / saved_name
-    if not resuming:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, saved_file, resolve=True)
-        return
-    if not saved_file.is_file():
-        return
-    saved = flatten_config(OmegaConf.load(saved_file))
-    now = flatten_config(cfg)
-    differ = sorted(k for k in set(saved) | set(now)
-                    if saved.get(k) != now.get(k) and k.split(".")[0] not in RESUME_KEYS)
-    if differ:
-        shown = ", ".join(f"{k} ({saved.get(k)} -> {now.get(k)})" for k in differ[:5])
-        raise ConfigError(f"resume of {what} in {run_dir}: its configuration "
-                          f"differs from the one it started with: {shown}"
-                          + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
-                          + "; resume with the printed command, or start a new run")
-
-
 def _resuming(cfg: DictConfig, run_dir: Path) -> bool:
-    """`resume=true`, or a Slurm job requeued into the folder of a cross-validation that
-    had started (its parent run or a fold folder is there)."""
+    """Whether this continues a cross-validation that had started in `run_dir` (its parent
+    run or a fold folder is there)."""
     started = (run_dir / RUN_ID_FILE).is_file() or (run_dir / "fold0").is_dir()
-    if cfg.get("resume"):
-        if not started:
-            raise ConfigError(f"resume=true: no cross-validation to resume in {run_dir}; "
-                              "resume inside the interrupted run's folder with "
-                              "hydra.run.dir=<outputs/runs/DATE/TIME of that run>")
-        return True
-    return started and slurm_restart_count() >= 1
-
-
-def mean_and_sd(values: pd.DataFrame, prefix: str, unit: str) -> dict[str, float]:
-    """`<prefix>/<metric>_mean` and, over two rows or more, `_std` (ddof=1) of every column.
-
-    A metric missing in some rows (a class no fold's validation split holds, a figure a
-    seed could not compute) is averaged over the rows that have it: `_n` then says over how
-    many, and a warning names it, so a mean over fewer folds or seeds is never passed off as
-    one over all of them.
-    """
-    values = values.astype(float)
-    summary = {f"{prefix}/{k}_mean": float(v) for k, v in values.mean().items()}
-    if len(values) > 1:
-        summary.update({f"{prefix}/{k}_std": float(v) for k, v in values.std(ddof=1).items()})
-    counts = values.notna().sum()
-    short = counts[counts < len(values)]
-    summary.update({f"{prefix}/{k}_n": float(n) for k, n in short.items()})
-    if len(short):
-        log.warning("averaged over fewer than the %d %s (a value is missing in the others): "
-                    "%s", len(values), unit,
-                    ", ".join(f"{k} over {int(n)}" for k, n in short.items()))
-    return summary
+    return is_resuming(cfg, run_dir, started, "cross-validation")
 
 
 def summarise(per_fold: pd.DataFrame) -> dict[str, float]:
@@ -283,37 +186,24 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any],
     added, e.g. the run it nests under); return the means over the folds (`cv/...`) and,
     under the optimised and monitored metric names, their fold mean at the common epoch
     count `cv/epochs` (what sweepers compare; `summarise_folds`)."""
-    from ecg_experiments.tasks.train import default_run_name, sweep_tags
-    from ecg_experiments.tracking import choice_tags, log_files, log_run_metadata
-
     folds = check_cross_validation(cfg)
     run_dir = Path(cfg.paths.run_dir)
-    resuming = _resuming(cfg, run_dir)
-    keep_configuration(cfg, run_dir, resuming)
-    parent = None
-    if cfg.get("logger"):
-        name = cfg.logger.get("run_name") or default_run_name() or "run"
-        parent_id = run_id_in(run_dir) if resuming else None
-        parent = build(cfg.logger, tags={**sweep_tags(), **(tags or {}), "cv.folds": str(folds)},
-                       run_name=f"{name}-cv{folds}", run_id=parent_id)
+    resume = _resuming(cfg, run_dir)
+    keep_configuration(cfg, run_dir, resume)
+    name = (cfg.get("logger") or {}).get("run_name") or default_run_name() or "run"
+    parent = open_parent_run(cfg, run_dir, resume, {"cv.folds": str(folds)},
+                             f"{name}-cv{folds}", nest_under=tags)
+    if parent is not None:
         with open_dict(cfg):
             cfg.logger.run_name = name
-        if parent_id is None:
-            config_file = run_dir / "config.yaml"
-            OmegaConf.save(cfg, config_file, resolve=True)
-            log_run_metadata(parent, cfg, config_file,
-                             {**choice_tags(), "cv.folds": str(folds)})
-            (run_dir / RUN_ID_FILE).write_text(parent.run_id)
-        else:  # the interrupted parent run continues
-            parent.experiment.update_run(parent_id, status="RUNNING")
     monitor, mode = str(cfg.monitor.metric), str(cfg.monitor.mode)
     optimized = str(cfg.get("optimized_metric") or monitor)
     fits: list[Fitted] = []
     assignment = []
-    try:
+    with parent_run_ends(parent):
         for fold in range(folds):
-            folder = FoldFolder(run_dir, fold)
-            fitted = folder.finished() if resuming else None
+            folder = FitFolder(run_dir / f"fold{fold}")
+            fitted = folder.finished() if resume else None
             if fitted is not None:
                 log.info("cross-validation: fold %d of %d finished before (MLflow run %s)",
                          fold + 1, folds, fitted.run_id)
@@ -323,14 +213,7 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any],
                 if parent is not None:
                     fold_tags["mlflow.parentRunId"] = parent.run_id
                 one = fold_config(cfg, fold, folds, run_dir)
-                if resuming and folder.has_checkpoint():
-                    with open_dict(one):
-                        one.resume = True  # in the fold's own MLflow run
-                elif resuming and slurm_restart_count() >= 1 and folder.has_slurm_checkpoint():
-                    pass  # fit_one resumes a requeued job from its newest checkpoint
-                elif resuming and parent is not None and folder.stale_run_id():
-                    # stopped before its first checkpoint: the fold starts again, in a new run
-                    parent.experiment.delete_run(folder.stale_run_id())
+                continue_fit(one, folder, resume, parent)
                 fitted = fit_one(one, fold_tags)
                 folder.save(fitted)
             fits.append(fitted)
@@ -338,11 +221,6 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any],
             if frame is not None and "record" in frame:
                 held = frame.loc[frame["split"] == "val", "record"].unique()
                 assignment += [{"record": r, "fold": fold} for r in sorted(held)]
-    except BaseException as err:
-        if parent is not None:  # an interrupted CV resumes (resume=true); a failed one not
-            parent.experiment.set_terminated(
-                parent.run_id, "KILLED" if isinstance(err, TrainingInterrupted) else "FAILED")
-        raise
     if parent is not None:
         log_children_datasets(parent.experiment, parent.run_id, [f.run_id for f in fits])
     result = summarise_folds(fits, monitor, mode, optimized)

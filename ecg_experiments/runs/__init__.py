@@ -1,0 +1,1 @@
+"""Run drivers: one fit, cross-validation, seed repeats and other-database tests."""
