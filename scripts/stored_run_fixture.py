@@ -42,23 +42,29 @@ def write_images(folder: Path) -> None:
             Image.fromarray(pixels).save(folder / name / f"{i}.png")
 
 
+def replaced(value: Any, pairs: dict[str, str]) -> Any:
+    """`value` (a string, or dicts, lists and tuples of them) with each key of `pairs`
+    written as its value."""
+    if isinstance(value, str):
+        for old, new in pairs.items():
+            value = value.replace(old, new)
+        return value
+    if isinstance(value, dict):
+        return {k: replaced(v, pairs) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(replaced(v, pairs) for v in value)
+    return value
+
+
 def placeholders(value: Any, run: Path) -> Any:
     """`value` with the shared data folder and the run folder written as placeholders."""
-    if isinstance(value, str):
-        return value.replace(str(SHARED), "__SHARED__").replace(str(run), "__RUN__")
-    if isinstance(value, dict):
-        return {k: placeholders(v, run) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(placeholders(v, run) for v in value)
-    return value
+    return replaced(value, {str(SHARED): "__SHARED__", str(run): "__RUN__"})
 
 
 def store(run: Path, out: Path) -> None:
     """The run's config and its last checkpoint's metadata, paths as placeholders."""
     out.mkdir(parents=True, exist_ok=True)
-    text = (run / "config.yaml").read_text()
-    (out / "config.yaml").write_text(text.replace(str(SHARED), "__SHARED__")
-                                     .replace(str(run), "__RUN__"))
+    (out / "config.yaml").write_text(placeholders((run / "config.yaml").read_text(), run))
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
                             weights_only=True)
     skeleton = {k: v for k, v in checkpoint.items() if k not in LEFT_OUT}

@@ -22,42 +22,21 @@ from PIL import Image
 from ecg_experiments.models.checkpoint import load_trained_model
 from ecg_experiments.tasks.evaluate import evaluate
 from ecg_experiments.tasks.predict import predict
+from scripts.stored_run_fixture import replaced, write_images
 from tests.conftest import compose_config, shared_path
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stored_runs"
 STORED = sorted(p for p in FIXTURES.glob("*/*") if (p / "config.yaml").is_file())
 
 
-def _filled(value: Any, places: dict[str, str]) -> Any:
-    if isinstance(value, str):
-        for mark, path in places.items():
-            value = value.replace(mark, path)
-        return value
-    if isinstance(value, dict):
-        return {k: _filled(v, places) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_filled(v, places) for v in value)
-    return value
-
-
-def _write_images(folder: Path) -> None:
-    """The images the stored image run trained on (scripts/stored_run_fixture.py)."""
-    rng = np.random.default_rng(0)
-    for name in ("N", "V"):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        for i in range(10):
-            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / name / f"{i}.png")
-
-
 def _restore(stored: Path, run: Path) -> Path:
     """The stored run laid out in `run` as that version wrote it: config.yaml and a
     checkpoint (stored metadata, seeded weights of the stored shapes)."""
-    places = {"__SHARED__": str(shared_path()), "__RUN__": str(run)}
+    places = {"__SHARED__": str(shared_path()), "__RUN__": str(run)}  # the fixture's marks
     run.mkdir(parents=True)
-    (run / "config.yaml").write_text(_filled((stored / "config.yaml").read_text(), places))
+    (run / "config.yaml").write_text(replaced((stored / "config.yaml").read_text(), places))
     skeleton = torch.load(stored / "checkpoint.pt", map_location="cpu", weights_only=True)
-    checkpoint = _filled(skeleton, places)
+    checkpoint = replaced(skeleton, places)
     generator = torch.Generator().manual_seed(0)
     checkpoint["state_dict"] = {name: torch.randn(shape, generator=generator) * 0.05
                                 for name, shape in skeleton["state_dict"].items()}
@@ -65,7 +44,7 @@ def _restore(stored: Path, run: Path) -> Path:
     path.parent.mkdir()
     torch.save(checkpoint, path)
     if stored.name == "image":
-        _write_images(run / "images")
+        write_images(run / "images")
     return path
 
 
