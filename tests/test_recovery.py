@@ -188,7 +188,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[st
     return metrics
 
 
-@pytest.mark.slow  # 24 cells of two training processes each (README: reliability)
+@pytest.mark.slow  # 24 cells of two training processes each (docs/reliability.md)
 @pytest.mark.parametrize("data", list(MATRIX_DATA))
 @pytest.mark.parametrize("progress", PROGRESS)
 @pytest.mark.parametrize("stop", STOPS)

@@ -89,8 +89,9 @@ class MacroAUROC(_PresentClassMacro, MulticlassAUROC):
 def classification_metrics(
     class_names: Sequence[str], stage: str, per_class: bool = True, auroc: bool = True
 ) -> MetricCollection:
-    """Metrics named `{stage}/{metric}` and `{stage}/{metric}_{class}` (listed in README.md); the
-    macro averages are over the classes present in the targets (`present_class_mean`).
+    """Metrics named `{stage}/{metric}` and `{stage}/{metric}_{class}` (listed in
+    docs/evaluation.md); the macro averages are over the classes present in the targets
+    (`present_class_mean`).
 
     Updated with class probabilities [batch, classes] and integer targets [batch].
     """
