@@ -198,7 +198,6 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:

@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.tasks.train import train
@@ -37,6 +37,11 @@ def test_folds_are_child_runs_with_disjoint_records_and_the_parent_gets_mean_and
                   and "cv.fold" not in r.data.tags)
     folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.tags["cv.fold"] for r in folds) == ["0", "1", "2"]
+    # the parent's config and params carry the run name its folds' names build on
+    name = parent.data.params["logger.run_name"]
+    assert name not in ("None", "") and parent.info.run_name == f"{name}-cv3"
+    assert sorted(r.info.run_name for r in folds) == [f"{name}-fold{k}" for k in range(3)]
+    assert OmegaConf.load(Path(cfg.paths.run_dir) / "config.yaml").logger.run_name == name
     assert all(r.info.status == "FINISHED" for r in runs)
     # the test split (DS2) is never scored in a cross-validation
     assert not any(k.startswith("test/") for r in runs for k in r.data.metrics)

@@ -96,3 +96,21 @@ def test_a_stored_run_evaluates_and_predicts(stored: Path, tmp_path: Path) -> No
     frame = predict(cfg)
     assert len(frame) == expected_rows
     assert set(frame["predicted"]) <= set(model.class_names)
+
+
+def test_a_driver_started_before_the_move_resumes_with_its_old_targets(tmp_path: Path) -> None:
+    """A cross-validation or seed repeat saved its configuration with the old `_target_`
+    paths; resumed by today's code (new paths, same classes) it is the same configuration,
+    while a target naming another class still differs."""
+    from ecg_experiments.errors import ConfigError
+    from ecg_experiments.runs.fits import keep_configuration
+
+    saved = OmegaConf.load(STORED[-1].parent / "signal" / "config.yaml")
+    assert saved.data._target_ == "ecg_experiments.data.mitbih.PhysionetDataModule"
+    keep_configuration(saved, tmp_path, resuming=False)
+    now = OmegaConf.create(OmegaConf.to_container(saved))
+    now.data._target_ = "ecg_experiments.data.physionet_datamodule.PhysionetDataModule"
+    keep_configuration(now, tmp_path, resuming=True)
+    now.data._target_ = "ecg_experiments.data.beats.BeatsDataModule"
+    with pytest.raises(ConfigError, match="data._target_"):
+        keep_configuration(now, tmp_path, resuming=True)

@@ -191,11 +191,11 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any],
     resume = _resuming(cfg, run_dir)
     keep_configuration(cfg, run_dir, resume)
     name = (cfg.get("logger") or {}).get("run_name") or default_run_name() or "run"
-    parent = open_parent_run(cfg, run_dir, resume, {"cv.folds": str(folds)},
-                             f"{name}-cv{folds}", nest_under=tags)
-    if parent is not None:
+    if cfg.get("logger"):  # the folds' names build on it; saved with the parent's config
         with open_dict(cfg):
             cfg.logger.run_name = name
+    parent = open_parent_run(cfg, run_dir, resume, {"cv.folds": str(folds)},
+                             f"{name}-cv{folds}", nest_under=tags)
     monitor, mode = str(cfg.monitor.metric), str(cfg.monitor.mode)
     optimized = str(cfg.get("optimized_metric") or monitor)
     fits: list[Fitted] = []

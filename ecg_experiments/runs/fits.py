@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ecg_experiments.config import build
@@ -102,13 +103,23 @@ def keep_configuration(cfg: DictConfig, run_dir: Path, resuming: bool,
     saved = flatten_config(OmegaConf.load(saved_file))
     now = flatten_config(cfg)
     differ = sorted(k for k in set(saved) | set(now)
-                    if saved.get(k) != now.get(k) and k.split(".")[0] not in RESUME_KEYS)
+                    if saved.get(k) != now.get(k) and k.split(".")[0] not in RESUME_KEYS
+                    and not (k.endswith("_target_") and same_target(saved.get(k), now.get(k))))
     if differ:
         shown = ", ".join(f"{k} ({saved.get(k)} -> {now.get(k)})" for k in differ[:5])
         raise ConfigError(f"resume of {what} in {run_dir}: its configuration "
                           f"differs from the one it started with: {shown}"
                           + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
                           + "; resume with the printed command, or start a new run")
+
+
+def same_target(saved: Any, now: Any) -> bool:
+    """Whether two `_target_` paths name the same class or function: a run started before a
+    module moved names its old path, which is kept as an alias (data/mitbih.py)."""
+    try:
+        return get_object(str(saved)) is get_object(str(now))
+    except (ImportError, AttributeError, ValueError):  # hydra's errors for a missing path
+        return False
 
 
 def mean_and_sd(values: pd.DataFrame, prefix: str, unit: str) -> dict[str, float]:
