@@ -123,6 +123,12 @@ def test_input_too_small_for_the_backbone_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"model.input_size=32: images of 32x32 are too small "
                                           r"for inception_v3 .*usual size for inception_v3 is 299"):
         build_backbone("inception_v3", 5, input_size=32)
+    # large enough to evaluate, too small for the auxiliary head that training runs
+    with pytest.raises(ConfigError, match=r"input_size=160: .*inception_v3 \(its auxiliary"):
+        build_backbone("inception_v3", 5, input_size=160)
+    net = build_backbone("inception_v3", 5, input_size=299)
+    assert net.training and all(float(m.num_batches_tracked) == 0 for m in net.modules()
+                                if isinstance(m, torch.nn.BatchNorm2d))  # the probe moved none
     with pytest.raises(ConfigError, match=r"model.input_size=16: .* too small for alexnet"):
         build_backbone("alexnet", 5, input_size=16)
     assert build_backbone("cnn2d", 5, pretrained="none", input_size=16) is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -17,6 +19,7 @@ from ecg_experiments.models.freezing import (
     NoFreezing,
     count_trainable,
 )
+from tests.conftest import FAST
 
 HEAD = (64 * 32 + 32) + (32 * 32 + 32) + (32 * 5 + 5)  # dense 64->32->32->5
 LAST_CONV = 32 * 32 * 5 + 32
@@ -93,7 +96,7 @@ def test_gradual_unfreezing_through_train_as_configured(compose_train, small_csv
     import mlflow
 
     from ecg_experiments.tasks.train import train
-    from tests.conftest import FAST, all_runs
+    from tests.conftest import all_runs
 
     cfg = compose_train(["data=beats_csv", f"data.train_file={small_csv}", *FAST,
                          "freeze=gradual", "freeze.unfreeze_at_epoch=1",
@@ -114,3 +117,61 @@ def test_gradual_unfreezing_through_train_as_configured(compose_train, small_csv
     assert [g["lr"] for g in groups] == pytest.approx([2e-3, 2e-4])
     assert sum(len(g["params"]) for g in groups) == len(
         [k for k in saved["state_dict"] if k.startswith("net.")])  # every weight trains
+
+
+def _frozen_state(net: torch.nn.Module) -> set[str]:
+    """The state-dict entries a freezing policy left frozen: parameters that take no gradient
+    and the running statistics of batch-norm layers whose parameters are all frozen."""
+    names = {n for n, p in net.named_parameters() if not p.requires_grad}
+    for prefix, module in net.named_modules():
+        params = list(module.parameters(recurse=False))
+        if (isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and params
+                and not any(p.requires_grad for p in params)):
+            names |= {f"{prefix}.{b}" for b, _ in module.named_buffers()}
+    return names
+
+
+@pytest.mark.parametrize("model", [
+    ["model=timm", "model.name=resnet18", "model.input_size=32"],
+    pytest.param(["model=inception_v3"], marks=pytest.mark.slow),
+], ids=["timm-resnet18", "inception_v3"])
+def test_frozen_layers_are_identical_after_an_epoch_of_training(model, compose_train,
+                                                                tmp_path) -> None:
+    """freeze=backbone through a real run: every frozen tensor, batch-norm running statistics
+    included, leaves training exactly as it came from the weights file."""
+    import numpy as np
+    from PIL import Image
+
+    from ecg_experiments.config import build
+    from ecg_experiments.tasks.train import train
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(["low", "high"]):
+        folder = tmp_path / "images" / name
+        folder.mkdir(parents=True)
+        for i in range(8):
+            pixels = np.clip(rng.normal(60 + 120 * k, 30, (40, 40, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    data = ["data=image_folder", f"data.root={tmp_path / 'images'}", "data.num_workers=0",
+            "data.batch_size=4", "data.class_names=[high,low]"]
+    # the starting weights: a fresh network whose batch-norm statistics are not the defaults
+    start = build(compose_train([*model, *data]).model.net)
+    for module in start.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    weights = tmp_path / "start.pth"
+    torch.save(start.state_dict(), weights)
+    cfg = compose_train([*model, *data, f"model.pretrained={weights}", "freeze=backbone",
+                         *FAST[1:], "trainer.max_epochs=1"])
+    train(cfg)
+    frozen_net = build(cfg.model.net)
+    build(cfg.freeze).apply(frozen_net)
+    frozen = _frozen_state(frozen_net)
+    assert any(name.endswith("running_mean") for name in frozen)
+    trained = torch.load(next((Path(cfg.paths.run_dir) / "checkpoints").glob("epoch_*.ckpt")),
+                         map_location="cpu", weights_only=True)["state_dict"]
+    initial = torch.load(weights, weights_only=True)
+    changed = [n for n in frozen if not torch.equal(trained[f"net.{n}"], initial[n])]
+    assert not changed, changed[:5]
+    assert any(p.requires_grad for p in frozen_net.parameters())  # the head trains

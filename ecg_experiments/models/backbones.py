@@ -8,6 +8,7 @@ a local weights file (.pth/.pt state dict or .safetensors) for the backbone with
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -199,13 +200,19 @@ def build_backbone(name: str, num_classes: int, pretrained: str | None = None,
 def _check_input_size(net: nn.Module, name: str, in_channels: int, input_size: int) -> None:
     was_training = net.training
     net.eval()
+    part = ""
     try:
         with torch.no_grad():
             net(torch.zeros(1, in_channels, input_size, input_size))
+            if getattr(net, "aux_logits", False):  # its auxiliary head runs in training only
+                # a copy: a training-mode pass would move the batch-norm statistics
+                part = "its auxiliary head (training), "
+                copy.deepcopy(net).train()(torch.zeros(2, in_channels, input_size, input_size))
     except RuntimeError as err:
         raise ConfigError(
             f"model.input_size={input_size}: images of {input_size}x{input_size} are too "
-            f"small for {name} ({str(err).splitlines()[0]}); use a larger model.input_size "
+            f"small for {name} ({part}{str(err).splitlines()[0]}); use a "
+            "larger model.input_size "
             f"(the usual size for {name} is {DEFAULT_SIZES.get(name, 224)})"
         ) from err
     finally:

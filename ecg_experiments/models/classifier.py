@@ -90,13 +90,24 @@ class ClassifierModule(pl.LightningModule):
         """As nn.Module.train, but batch-norm layers whose parameters are all frozen stay in
         eval mode: a frozen (pretrained) backbone keeps its running statistics."""
         super().train(mode)
-        if mode:
-            for module in self.net.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    params = list(module.parameters())
-                    if params and not any(p.requires_grad for p in params):
-                        module.eval()
+        self._set_norm_modes()
         return self
+
+    def on_train_epoch_start(self) -> None:
+        """Lightning never calls `train()` during a fit: it restores each layer's own mode
+        after validation (the sanity check leaves every layer training). So each epoch sets
+        the batch-norm modes again, after the freezing callbacks unfroze what they unfreeze."""
+        self._set_norm_modes()
+
+    def _set_norm_modes(self) -> None:
+        """In training, batch-norm layers whose parameters are all frozen evaluate (their
+        running statistics stay as loaded) and the others train."""
+        if not self.training:
+            return
+        for module in self.net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                params = list(module.parameters())
+                module.train(not params or any(p.requires_grad for p in params))
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
