@@ -5,16 +5,18 @@
 Trains a beat model on mitdb record 119 (`data=mitbih`) and an image model on a folder of
 generated PNGs (`data=image_folder`), one epoch each, and keeps what a later version of the
 package must still read: each run's `config.yaml` and its checkpoint's metadata
-(`checkpoint.pt`: the `ecg_*` entries, Lightning's keys, and the state dict's tensor names
+(`checkpoint.json`: the `ecg_*` entries, Lightning's keys, and the state dict's tensor names
 and shapes; the weights themselves, the optimizer state and the loops are left out, so no
-weights enter the repository). Paths are written as `__SHARED__` (the shared data folder) and
-`__RUN__` (the run's own folder), which the test replaces. Run it from the version whose runs
+weights enter the repository; the seen-sample hashes are cut to their first SEEN_KEPT).
+Paths are written as `__SHARED__` (the shared data folder) and `__RUN__` (the run's own
+folder), which the test replaces. Run it from the version whose runs
 must keep loading (e.g. a worktree of the commit before a move of modules).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -30,6 +32,30 @@ from PIL import Image
 SHARED = Path(os.environ.get("ECG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared"
                              / "data")).resolve()
 LEFT_OUT = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
+SEEN_KEPT = 16  # of the 8-byte sample hashes in `ecg_seen` (their format is what matters)
+BYTES = "__bytes_hex__"  # how JSON holds a bytes value
+
+
+def to_json(value: Any) -> Any:
+    """`value` with bytes written as {BYTES: hex} (JSON has no bytes)."""
+    if isinstance(value, bytes):
+        return {BYTES: value.hex()}
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def from_json(value: Any) -> Any:
+    """The inverse of `to_json`."""
+    if isinstance(value, dict):
+        if set(value) == {BYTES}:
+            return bytes.fromhex(value[BYTES])
+        return {k: from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return value
 
 
 def write_images(folder: Path) -> None:
@@ -69,7 +95,11 @@ def store(run: Path, out: Path) -> None:
                             weights_only=True)
     skeleton = {k: v for k, v in checkpoint.items() if k not in LEFT_OUT}
     skeleton["state_dict"] = {k: list(v.shape) for k, v in checkpoint["state_dict"].items()}
-    torch.save(placeholders(skeleton, run), out / "checkpoint.pt")
+    seen = skeleton.get("ecg_seen")
+    if seen:
+        seen["hashes"] = seen["hashes"][:8 * SEEN_KEPT]
+    text = json.dumps(to_json(placeholders(skeleton, run)), indent=1)
+    (out / "checkpoint.json").write_text(text + "\n")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ that the old run's config, data and network still load and score.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from PIL import Image
 from ecg_experiments.models.checkpoint import load_trained_model
 from ecg_experiments.tasks.evaluate import evaluate
 from ecg_experiments.tasks.predict import predict
-from scripts.stored_run_fixture import replaced, write_images
+from scripts.stored_run_fixture import from_json, replaced, write_images
 from tests.conftest import compose_config, shared_path
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stored_runs"
@@ -35,7 +36,7 @@ def _restore(stored: Path, run: Path) -> Path:
     places = {"__SHARED__": str(shared_path()), "__RUN__": str(run)}  # the fixture's marks
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(replaced((stored / "config.yaml").read_text(), places))
-    skeleton = torch.load(stored / "checkpoint.pt", map_location="cpu", weights_only=True)
+    skeleton = from_json(json.loads((stored / "checkpoint.json").read_text()))
     checkpoint = replaced(skeleton, places)
     generator = torch.Generator().manual_seed(0)
     checkpoint["state_dict"] = {name: torch.randn(shape, generator=generator) * 0.05
