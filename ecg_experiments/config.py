@@ -127,6 +127,10 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"data.rr_features=true but {group_choice('model')} takes no R-R features; use "
             "model=resnet1d or model=inception1d (num_features follows data.rr_features)"
         )
+    if cfg.model.get("channels_last") and model_kind != "image":
+        raise ConfigError(
+            f"model.channels_last=true: {group_choice('model')} takes {model_kind} input "
+            "([batch, channels, samples]); channels-last is a layout of 2D image models only")
     monitor = str(cfg.monitor.metric)
     if not monitor.startswith("val/"):
         raise ConfigError(

@@ -248,7 +248,8 @@ def log_model(
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    net = net.eval().cpu()
+    # float32 and the usual memory layout, whatever the run trained in (models/precision.py)
+    net = net.eval().cpu().float().to(memory_format=torch.contiguous_format)
     if checkpoint is not None:  # the logged model holds the weights of the checkpoint it names
         net = _with_checkpoint_weights(net, Path(checkpoint))
     with torch.no_grad():

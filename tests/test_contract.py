@@ -67,6 +67,9 @@ MODELS = [
     pytest.param("inception1d", ["model.net.depth=3"], "rr", id="inception1d+rr",
                  marks=pytest.mark.slow),
     pytest.param("cnn2d", [], "image", id="cnn2d"),
+    # mixed precision (bf16 on this CPU, float32 where it has none) and channels-last
+    pytest.param("cnn2d", ["trainer.precision=bf16-mixed", "model.channels_last=true"],
+                 "image", id="cnn2d+bf16+channels_last"),
     pytest.param("alexnet", [], "image", id="alexnet", marks=pytest.mark.slow),
     pytest.param("inception_v3", [], "image", id="inception_v3", marks=pytest.mark.slow),
     pytest.param("timm", ["model.name=test_efficientnet"], "image", id="timm",

@@ -15,6 +15,7 @@ from ecg_experiments.evaluation.metrics import classification_metrics
 from ecg_experiments.evaluation.seen import SeenSamples
 from ecg_experiments.inputs import InputSpec
 from ecg_experiments.models.losses import FocalLoss
+from ecg_experiments.models.precision import channels_last_input, to_channels_last
 
 AUX_LOSS_WEIGHT = 0.4  # Szegedy et al. 2016 (Inception v3)
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -32,7 +33,9 @@ class ClassifierModule(pl.LightningModule):
     samples it is fit and validated on, evaluation/seen.py) under "ecg_seen". It keeps a
     per-epoch `history` of the train loss, accuracy and macro-F1 and of every validation
     metric (also in checkpoints; `best()` reads it) and, after `test`, the test targets and
-    probabilities in `test_targets` / `test_probs`.
+    probabilities in `test_targets` / `test_probs`. `channels_last` keeps a 2D network's
+    weights and input batches channels-last (models/precision.py). Under mixed precision the
+    loss, metrics and stored probabilities are computed in float32 from the logits.
     """
 
     def __init__(
@@ -48,10 +51,12 @@ class ClassifierModule(pl.LightningModule):
         config: dict | None = None,
         input_spec: InputSpec | None = None,
         seen: SeenSamples | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.seen = seen
-        self.net = net
+        self.channels_last = bool(channels_last)
+        self.net = to_channels_last(net) if self.channels_last else net
         self.class_names = list(class_names)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -84,7 +89,7 @@ class ClassifierModule(pl.LightningModule):
         self.test_probs: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(channels_last_input(x) if self.channels_last else x)
 
     def train(self, mode: bool = True) -> ClassifierModule:
         """As nn.Module.train, but batch-norm layers whose parameters are all frozen stay in
@@ -113,11 +118,11 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch
         output = self(x)
         if hasattr(output, "aux_logits"):  # Inception v3 in training: main + 0.4 x auxiliary
-            logits = output.logits
+            logits = output.logits.float()
             loss = self.criterion(logits, y) + AUX_LOSS_WEIGHT * self.criterion(
-                output.aux_logits, y)
+                output.aux_logits.float(), y)
         else:
-            logits = output
+            logits = output.float()  # bf16/fp16 logits under mixed precision
             loss = self.criterion(logits, y)
         probs = logits.detach().softmax(dim=-1)
         getattr(self, f"{stage}_metrics").update(probs, y)

@@ -39,6 +39,7 @@ from ecg_experiments.runs.fit_setup import (
     interrupted,
     resume_point,
     set_threads,
+    settle_precision,
     write_run_files,
 )
 from ecg_experiments.runs.fits import Fitted
@@ -61,6 +62,7 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
     `tags` added (e.g. the parent run of a cross-validation)."""
     validate_train_config(cfg)
     check_accelerator(cfg)
+    settle_precision(cfg, cfg.model.get("input_kind"))
     set_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.run_dir)
@@ -183,6 +185,7 @@ def build_module(cfg: DictConfig, net: torch.nn.Module, datamodule: ClassDataMod
         config=to_container(cfg),
         input_spec=datamodule.input_spec(),
         seen=scoring.seen,
+        channels_last=bool(cfg.model.get("channels_last")),
     )
 
 

@@ -15,7 +15,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -24,6 +24,7 @@ from ecg_experiments.data.base import ClassDataModule
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.evaluation.metrics import metric_names
 from ecg_experiments.interruption import TrainingInterrupted, slurm_restart_count
+from ecg_experiments.models.precision import resolve_precision
 from ecg_experiments.sweepers.optuna import build_from_config
 from ecg_experiments.sweepers.pruning import OptunaPruning
 from ecg_experiments.tracking import run_id_in
@@ -39,6 +40,17 @@ def check_accelerator(cfg: DictConfig) -> None:
             "but torch.cuda.is_available() is False on this machine; use trainer=cpu or "
             "trainer=default (auto)"
         )
+
+
+def settle_precision(cfg: DictConfig, input_kind: str | None) -> str:
+    """`trainer.precision` as this machine runs it (`auto` chosen, an unsupported request
+    fallen back with one log line: models/precision.py), written into the config so the
+    run's saved config and params say what it used."""
+    precision = resolve_precision(cfg.trainer.get("precision", "32-true"),
+                                  str(cfg.trainer.get("accelerator", "auto")), input_kind)
+    with open_dict(cfg):
+        cfg.trainer.precision = precision
+    return precision
 
 
 def set_threads(cfg: DictConfig) -> None:

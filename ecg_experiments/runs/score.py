@@ -34,6 +34,7 @@ from ecg_experiments.evaluation.seen import SeenSamples, check_unseen
 from ecg_experiments.inputs import RemapLabels, match_classes
 from ecg_experiments.models.checkpoint import TrainedModel
 from ecg_experiments.models.classifier import ClassifierModule
+from ecg_experiments.runs.fit_setup import settle_precision
 from ecg_experiments.tracked_data import log_datasets
 from ecg_experiments.tracking import log_run_metadata
 
@@ -186,7 +187,9 @@ def evaluate_model(cfg: DictConfig, model: TrainedModel, data_cfg: DictConfig,
     check_scorable(datamodule, parts, scoring)  # before any MLflow run or test
     module = ClassifierModule(net=model.net, class_names=model.class_names,
                               config=to_container(model.config), input_spec=model.input,
-                              seen=model.seen)
+                              seen=model.seen,
+                              channels_last=bool(model.config.model.get("channels_last")))
+    settle_precision(cfg, model.input.kind)
     logger = make_logger() if make_logger is not None else None
     # lines in a log as training writes them (a bar on a terminal)
     bar = [progress_bar()] if cfg.trainer.get("enable_progress_bar", True) else []

@@ -51,6 +51,7 @@ from ecg_experiments.evaluation.plots import plot_rhythm_strip
 from ecg_experiments.evaluation.seen import check_unseen
 from ecg_experiments.io import atomic_path, sha256_file
 from ecg_experiments.models.checkpoint import TrainedModel, resolve_trained_model
+from ecg_experiments.models.precision import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +203,13 @@ def _signal_inputs(path: Path, model: TrainedModel) -> tuple[np.ndarray, pd.Data
     )
 
 
-def predict_probabilities(net: torch.nn.Module, inputs: Dataset, batch_size: int) -> np.ndarray:
-    """Class probabilities [n, classes] in batches, without gradients."""
+def predict_probabilities(net: torch.nn.Module, inputs: Dataset, batch_size: int,
+                          precision: str = "32-true") -> np.ndarray:
+    """Class probabilities [n, classes] in batches, without gradients, the network run in
+    `precision` (mixed: autocast; the probabilities are float32 either way)."""
     net.eval()
-    with torch.no_grad():
-        parts = [net(batch[0]).softmax(dim=-1)
+    with torch.no_grad(), autocast(precision, "cpu"):
+        parts = [net(batch[0]).float().softmax(dim=-1)
                  for batch in DataLoader(inputs, batch_size=batch_size)]
     return torch.cat(parts).numpy()
 
@@ -228,7 +231,8 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         included = check_unseen(frame, model.seen, bool(cfg.get("allow_seen")),
                                 f"input={cfg.input}")
     frame = frame.drop(columns=[c for c in (ID, ALSO) if c in frame])
-    probs = predict_probabilities(model.net, inputs, int(cfg.batch_size))
+    precision = resolve_precision(cfg.get("precision", "32-true"), "cpu", model.input.kind)
+    probs = predict_probabilities(model.net, inputs, int(cfg.batch_size), precision)
     frame["predicted"] = [model.class_names[k] for k in probs.argmax(axis=1)]
     for k, name in enumerate(model.class_names):
         frame[f"prob_{name}"] = probs[:, k]
