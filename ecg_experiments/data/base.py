@@ -101,6 +101,12 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
 
+def keep_batch(batch: Any) -> Any:
+    """Collate function of datasets read a batch at a time (`__getitems__`): the batch is
+    already stacked."""
+    return batch
+
+
 class ClassDataModule(pl.LightningDataModule):
     """Labelled train/val/test datasets with their class names, split table and loaders.
 
@@ -121,6 +127,9 @@ class ClassDataModule(pl.LightningDataModule):
     # whether reading a training sample draws random numbers (augmentation in the loader
     # workers): those draws are then seeded per sample and epoch (SeededSamples)
     random_per_sample = False
+    # a FeatureCache (models/feature_cache.py), set by a fit whose frozen layers are computed
+    # once: while it is active, training and validation batches hold their outputs
+    feature_cache: Any = None
 
     def __init__(
         self,
@@ -163,6 +172,19 @@ class ClassDataModule(pl.LightningDataModule):
     def evaluation_dataset(self, split: str) -> Dataset:
         """One split as evaluation sees it: no training-time augmentation."""
         return self.datasets[split]
+
+    def training_augmentation(self) -> str | None:
+        """What changes training inputs at random from epoch to epoch (None: nothing)."""
+        return None
+
+    def sequential_loader(self, split: str) -> DataLoader:
+        """The split's samples in order, as evaluation sees them, batched for inference
+        with the configured workers (the feature cache's pass)."""
+        return DataLoader(self.evaluation_dataset(split), batch_size=self.eval_batch_size,
+                          shuffle=False, num_workers=self.num_workers,
+                          collate_fn=self.collate_fn,
+                          worker_init_fn=loader_worker_init if self.num_workers > 0 else None,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def input_spec(self) -> InputSpec:
         """What this data gives a model (after setup): kind, shape facts, class names."""
@@ -212,9 +234,21 @@ class ClassDataModule(pl.LightningDataModule):
     def class_counts(self, split: str) -> np.ndarray:
         return np.bincount(self.labels(split), minlength=self.num_classes)
 
+    def _cached(self, split: str) -> Dataset | None:
+        """The split's cached frozen-layer outputs when the fit's feature cache serves this
+        epoch (models/feature_cache.py), else None."""
+        cache, trainer = self.feature_cache, self.trainer
+        if cache is None or trainer is None or split not in ("train", "val"):
+            return None
+        return cache.dataset(split, self) if cache.active(trainer.current_epoch) else None
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         sampler = None
-        dataset = self.datasets[split]
+        cached = self._cached(split)
+        dataset = self.datasets[split] if cached is None else cached
+        # the cached outputs are read a batch at a time, in this process (no augmentation)
+        random_per_sample = self.random_per_sample and cached is None
+        workers = self.num_workers if cached is None else 0
         if shuffle:
             # an order seeded by seed + epoch, so a run resumed from a checkpoint sees the
             # order of an uninterrupted one; under DDP each process takes its share
@@ -230,8 +264,8 @@ class ClassDataModule(pl.LightningDataModule):
                 dataset, num_replicas=trainer.world_size if distributed else 1,
                 rank=trainer.global_rank if distributed else 0, seed=order_seed,
                 weights=None if weights is None else weights.tolist(),
-                tag_epoch=self.random_per_sample)
-            if self.random_per_sample:
+                tag_epoch=random_per_sample)
+            if random_per_sample:
                 dataset = SeededSamples(dataset, order_seed)
             # Lightning calls set_epoch (with the count of epochs processed) only after it has
             # made the loader's iterator; a resumed run would otherwise go on in epoch 0's order
@@ -247,11 +281,11 @@ class ClassDataModule(pl.LightningDataModule):
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
             sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            collate_fn=self.collate_fn,
-            worker_init_fn=loader_worker_init if self.num_workers > 0 else None,
+            collate_fn=self.collate_fn if cached is None else keep_batch,
+            worker_init_fn=loader_worker_init if workers > 0 else None,
             # the loader's own generator seeds its workers, so making a loader never draws
             # from the global generator that dropout uses (resumed runs draw the same masks)
             generator=torch.Generator().manual_seed(self.seed),

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 from ecg_experiments.data.augment import SignalAugment, reference_power
-from ecg_experiments.data.base import ClassDataModule
+from ecg_experiments.data.base import ClassDataModule, keep_batch
 from ecg_experiments.data.identity import row_ids
 from ecg_experiments.data.splits import split_table, stratified_split
 from ecg_experiments.errors import DataError
@@ -166,11 +166,6 @@ def _split_unique_rows(ids: np.ndarray, labels: np.ndarray, fractions: dict[str,
     return {name: np.flatnonzero(part_of[inverse] == name) for name in chosen}
 
 
-def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """Collate function for BatchedTensors: the batch is already stacked."""
-    return batch
-
-
 class BatchedTensors(TensorDataset):
     """A TensorDataset that the DataLoader reads one batch at a time.
 
@@ -255,6 +250,9 @@ class BeatsDataModuleBase(ClassDataModule):
         generator = getattr(self.augment, "generator", None)
         if generator is not None and "augment_generator" in state_dict:
             generator.set_state(state_dict["augment_generator"])
+
+    def training_augmentation(self) -> str | None:
+        return None if self.augment is None else f"data.augment ({type(self.augment).__name__})"
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.augment is not None and self.trainer is not None and self.trainer.training:

@@ -358,6 +358,12 @@ class ImageDataModule(ClassDataModule):
         return InputSpec("image", tuple(self.class_names), image_size=self.image_size,
                          channels=self.channels, mean=tuple(self.mean), std=tuple(self.std))
 
+    def training_augmentation(self) -> str | None:
+        steps = self.augment.transforms(self.image_size) if self.augment is not None else []
+        if not steps:
+            return None
+        return f"data.augment ({', '.join(type(step).__name__ for step in steps)})"
+
     @property
     def random_per_sample(self) -> bool:  # type: ignore[override]
         """Augmented training images are drawn per sample in the workers (SeededSamples)."""

@@ -85,11 +85,19 @@ class ClassifierModule(pl.LightningModule):
         self.train_loss.persistent(True)
         self.history: dict[int, dict[str, float]] = {}
         self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # set by the fit when the frozen layers are computed once (models/feature_cache.py):
+        # training and validation batches then hold their outputs while it is active
+        self.feature_cache: Any = None
         self.test_targets: torch.Tensor | None = None
         self.test_probs: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(channels_last_input(x) if self.channels_last else x)
+
+    def frozen_prefix(self, x: torch.Tensor) -> Any:
+        """The frozen layers' outputs for a raw batch (the feature cache's pass)."""
+        return self.feature_cache.split.prefix(channels_last_input(x) if self.channels_last
+                                               else x)
 
     def train(self, mode: bool = True) -> ClassifierModule:
         """As nn.Module.train, but batch-norm layers whose parameters are all frozen stay in
@@ -116,7 +124,11 @@ class ClassifierModule(pl.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
-        output = self(x)
+        cache = self.feature_cache
+        if stage != "test" and cache is not None and cache.active(self.current_epoch):
+            output = cache.split.suffix(cache.head_input(x))  # the head on cached outputs
+        else:
+            output = self(x)
         if hasattr(output, "aux_logits"):  # Inception v3 in training: main + 0.4 x auxiliary
             logits = output.logits.float()
             loss = self.criterion(logits, y) + AUX_LOSS_WEIGHT * self.criterion(

@@ -61,5 +61,12 @@ class KachueeCNN1d(nn.Module):
             nn.Linear(hidden, num_classes),
         )
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the head (timm's protocol; models/feature_cache.py)."""
+        return self.blocks(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)))
+        return self.forward_head(self.forward_features(x))

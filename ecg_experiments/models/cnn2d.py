@@ -29,5 +29,12 @@ class SmallCNN2d(nn.Module):
             nn.Dropout(dropout), nn.Linear(hidden, num_classes),
         )
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the head (timm's protocol; models/feature_cache.py)."""
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.forward_head(self.forward_features(x))

@@ -47,7 +47,11 @@ def count_trainable(net: nn.Module) -> int:
 
 
 class FreezePolicy:
-    """Base: `apply(net)` sets requires_grad; `callbacks()` adds any training-time part."""
+    """Base: `apply(net)` sets requires_grad; `callbacks()` adds any training-time part.
+    `frozen_until` is the epoch the frozen layers start training (None: never, 0: nothing
+    is frozen), which bounds the feature cache (models/feature_cache.py)."""
+
+    frozen_until: int | None = 0
 
     def apply(self, net: nn.Module) -> None:
         for parameter in net.parameters():
@@ -64,6 +68,8 @@ class NoFreezing(FreezePolicy):
 class FreezeBackbone(FreezePolicy):
     """Train only the head; everything before it keeps its (pretrained) weights."""
 
+    frozen_until = None
+
     def apply(self, net: nn.Module) -> None:
         net.requires_grad_(False)
         _train_heads(net)
@@ -73,6 +79,8 @@ class FreezeBackbone(FreezePolicy):
 class FreezeAllButLastN(FreezePolicy):
     """Train the last `n` parameter layers (the main head's layers are the last ones;
     auxiliary heads always train); freeze the rest."""
+
+    frozen_until = None
 
     def __init__(self, n: int) -> None:
         if int(n) < 1:
@@ -103,6 +111,7 @@ class GradualUnfreezing(FreezePolicy):
     def __init__(self, unfreeze_at_epoch: int = 2, backbone_lr_factor: float = 0.1) -> None:
         self.unfreeze_at_epoch = int(unfreeze_at_epoch)
         self.backbone_lr_factor = float(backbone_lr_factor)
+        self.frozen_until = self.unfreeze_at_epoch
 
     def apply(self, net: nn.Module) -> None:
         FreezeBackbone().apply(net)

@@ -95,9 +95,18 @@ class XResNet1d(nn.Module):
         self.head = ConcatPoolHead(previous, num_classes, dropout, self.num_features,
                                    feature_width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Everything before the head (timm's protocol; models/feature_cache.py): the last
+        stage's activations, with the beat's extra features when it has them."""
         signal, features = split_features(x, self.num_features)
-        return self.head(self.stages(self.stem(signal)), features)
+        out = self.stages(self.stem(signal))
+        return out if features is None else (out, features)
+
+    def forward_head(self, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.head(*x) if isinstance(x, tuple) else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 class InceptionBlock1d(nn.Module):
@@ -146,7 +155,8 @@ class Inception1d(nn.Module):
         self.head = ConcatPoolHead(width, num_classes, dropout, self.num_features,
                                    feature_width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Everything before the head (timm's protocol; models/feature_cache.py)."""
         x, features = split_features(x, self.num_features)
         residual = x
         for d, block in enumerate(self.blocks):
@@ -154,4 +164,10 @@ class Inception1d(nn.Module):
             if d % 3 == 2:
                 x = self.relu(x + self.shortcuts[d // 3](residual))
                 residual = x
-        return self.head(x, features)
+        return x if features is None else (x, features)
+
+    def forward_head(self, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.head(*x) if isinstance(x, tuple) else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -29,6 +29,7 @@ from ecg_experiments.interruption import (
 )
 from ecg_experiments.models.checkpoint import InitReport, init_from
 from ecg_experiments.models.classifier import ClassifierModule
+from ecg_experiments.models.feature_cache import plan_feature_cache
 from ecg_experiments.models.freezing import FreezePolicy, NoFreezing, count_trainable
 from ecg_experiments.runs.crossdb import also_test
 from ecg_experiments.runs.fit_setup import (
@@ -81,7 +82,7 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
     net, freeze, init = build_network(cfg, datamodule, scoring)
     module = build_module(cfg, net, datamodule, scoring)
     trainer: pl.Trainer = instantiate(
-        cfg.trainer,
+        cfg.trainer, **attach_feature_cache(cfg, net, freeze, datamodule, module),
         # ours first: the configured callbacks see checkpoints as they are written
         callbacks=[CheckpointOnTerminate(run_dir / "checkpoints"), RandomState(),
                    *build_callbacks(cfg, logger is not None), *freeze.callbacks()],
@@ -162,6 +163,18 @@ def build_network(cfg: DictConfig, datamodule: ClassDataModule, scoring: Scoring
     log.info("parameters: %(model.params_total)d, trainable: %(model.params_trainable)d",
              parameter_counts(net))
     return net, freeze, init
+
+
+def attach_feature_cache(cfg: DictConfig, net: torch.nn.Module, freeze: FreezePolicy,
+                         datamodule: ClassDataModule, module: ClassifierModule
+                         ) -> dict[str, Any]:
+    """Frozen layers computed once where they can be (models/feature_cache.py); the
+    Trainer options that go with it (the loaders made again when `gradual` unfreezes)."""
+    cache = plan_feature_cache(cfg, net, freeze, datamodule)
+    datamodule.feature_cache = module.feature_cache = cache
+    if cache is None or cache.until_epoch is None:
+        return {}
+    return {"reload_dataloaders_every_n_epochs": cache.until_epoch}
 
 
 def parameter_counts(net: torch.nn.Module) -> dict[str, int]:

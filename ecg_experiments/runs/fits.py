@@ -84,8 +84,8 @@ class FitFolder:
 
 
 CV_CONFIG = "cv_config.yaml"
-# what may differ between a cross-validation and its resume
-RESUME_KEYS = ("resume", "ckpt_path")
+# what a resume may change: how to resume, and the feature cache (the same model either way)
+RESUME_KEYS = ("resume", "ckpt_path", "feature_cache")
 
 
 def keep_configuration(cfg: DictConfig, run_dir: Path, resuming: bool,
