@@ -19,8 +19,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -197,6 +200,46 @@ def loader_rows(mitdb: str, per_class: int) -> list[dict]:
     return rows
 
 
+EPOCH_RE = re.compile(r"epoch (\d+)/\d+ .* ([0-9.]+) s/epoch")
+CACHE_RE = re.compile(r"feature cache: (train|val) ([0-9,]+) samples in ([0-9.]+) s")
+
+
+def epoch_rows(mitdb: str, per_class: int | None, epochs: int) -> list[dict]:
+    """`experiment=alexnet_spectrogram freeze=backbone data.augment.rotation=0` (random
+    weights: no ImageNet download here) trained with and without the feature cache, one
+    after the other: seconds per epoch after the first (the progress lines), the caching
+    pass, and the whole command's wall time."""
+    rows = []
+    for cache in ("false", "true"):
+        with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
+            args = [sys.executable, "-m", "ecg_experiments.train",
+                    "experiment=alexnet_spectrogram", "freeze=backbone",
+                    "data.augment.rotation=0", "model.pretrained=null",
+                    f"trainer.max_epochs={epochs}",
+                    f"feature_cache.enabled={cache}", f"paths.mitdb_dir={mitdb}",
+                    f"paths.outputs_dir={tmp}", f"paths.data_dir={tmp}/data",
+                    "report.bootstrap_rounds=0", "logger=none"]
+            if per_class:
+                args.append(f"data.max_per_class={per_class}")
+            start = time.perf_counter()
+            done = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                  check=False)
+            wall = time.perf_counter() - start
+        text = done.stdout + done.stderr
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed:\n{text[-3000:]}")
+        seconds = [float(m.group(2)) for m in EPOCH_RE.finditer(text)]
+        label = (f"alexnet/spectrogram freeze=backbone, {per_class or 'all'} per class, "
+                 f"{'cached' if cache == 'true' else 'uncached'}")
+        rows += [{"benchmark": f"{label}: s per epoch (epochs 2-{len(seconds)}, median)",
+                  "value": statistics.median(seconds[1:] or seconds), "unit": "s"},
+                 {"benchmark": f"{label}: whole command", "value": wall, "unit": "s"}]
+        for m in CACHE_RE.finditer(text):
+            rows.append({"benchmark": f"{label}: caching pass, {m.group(2)} {m.group(1)} "
+                                      "images", "value": float(m.group(3)), "unit": "s"})
+    return rows
+
+
 def transfer_rows(mitdb: str, quick: bool) -> list[dict]:
     torch.set_num_threads(os.cpu_count() or 1)
     return model_rows(quick) + loader_rows(mitdb, 60 if quick else 200)
@@ -216,10 +259,18 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mitdb", default=default_mitdb(), help="raw MIT-BIH folder")
     parser.add_argument("--quick", action="store_true", help="fewer steps and images")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="also train frozen alexnet/spectrogram with and without the "
+                             "cache for this many epochs")
+    parser.add_argument("--per-class", type=int, default=None,
+                        help="data.max_per_class of those trainings (default: all beats)")
+    parser.add_argument("--epochs-only", action="store_true", help="only those trainings")
     args = parser.parse_args()
     BENCH.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    rows = transfer_rows(args.mitdb, args.quick)
+    rows = [] if args.epochs_only else transfer_rows(args.mitdb, args.quick)
+    if args.epochs:
+        rows += epoch_rows(args.mitdb, args.per_class, args.epochs)
     print_table(rows, f"transfer learning, {os.cpu_count()} cores, torch {torch.__version__}, "
                       f"bf16 kernels: {'yes' if cpu_has_bf16() else 'no'} "
                       f"({time.perf_counter() - started:.0f} s)")

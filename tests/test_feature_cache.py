@@ -164,3 +164,17 @@ def test_the_cut_is_the_network_for_inception_v3_with_its_auxiliary_head() -> No
     torch.manual_seed(0)
     _train_mode_outputs_agree(build_backbone("inception_v3", 3, input_size=299),
                               torch.randn(2, 3, 299, 299))
+
+
+def test_gradual_resumed_inside_its_cached_phase_leaves_the_cache_at_its_epoch(
+        images, tmp_path, monkeypatch) -> None:
+    """A gradual run stopped after epoch 0 and resumed (unfreeze at epoch 2): epoch 1 is
+    cached, epoch 2 trains the whole network on images, as in the uninterrupted run."""
+    args = ["model=cnn2d", "data=image_folder", f"data.root={images}", "data.num_workers=0",
+            "data.batch_size=8", "data.augment.rotation=0", "freeze=gradual",
+            "freeze.unfreeze_at_epoch=2", f"paths.data_dir={tmp_path / 'prepared'}"]
+    whole = _fit(tmp_path / "whole", [*args, "trainer.max_epochs=3"], monkeypatch)
+    _fit(tmp_path / "parts", [*args, "trainer.max_epochs=1"], monkeypatch)
+    resumed = _fit(tmp_path / "parts", [*args, "trainer.max_epochs=3", "resume=true"],
+                   monkeypatch)
+    _same_training(resumed, whole)

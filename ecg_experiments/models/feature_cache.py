@@ -72,18 +72,29 @@ class FeatureCache:
         self.split, self.until_epoch, self.store = split, until_epoch, store
         self.folder, self.key = folder, key
         self.datasets: dict[str, CachedFeatures] = {}
+        self.samples: dict[str, str] = {}
         self.seconds: dict[str, float] = {}  # the caching pass of each split (0: read back)
 
     def active(self, epoch: int) -> bool:
         return self.until_epoch is None or epoch < self.until_epoch
 
     def digest(self, split: str) -> str:
-        text = json.dumps({**self.key, "split": split}, sort_keys=True, default=str)
+        text = json.dumps({**self.key, "split": split,
+                           "samples": self.samples.get(split)}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def dataset(self, split: str, datamodule: Any) -> CachedFeatures:
-        """The split's cached outputs, computed on first use (with the trainer's module)."""
+        """The split's cached outputs, computed on first use (with the trainer's module):
+        the key's weights are the module's as training starts (a checkpoint restored), its
+        samples the split's sample ids in order."""
         if split not in self.datasets:
+            if "weights" not in self.key:
+                net = datamodule.trainer.lightning_module.net
+                self.key["weights"] = self.split.weights_digest(net.state_dict())
+            frame = datamodule.sample_frame(split)
+            if frame is not None:
+                self.samples[split] = hashlib.sha256(
+                    "\n".join(map(str, frame["sample_id"])).encode()).hexdigest()
             self.datasets[split] = self._load(split, datamodule) or self._compute(split,
                                                                                  datamodule)
         return self.datasets[split]
@@ -139,6 +150,7 @@ class FeatureCache:
         try:
             with torch.inference_mode(), trainer.precision_plugin.forward_context():
                 for x, y in loader:
+                    x = trainer.precision_plugin.convert_input(x)  # bf16-true etc.
                     out = module.frozen_prefix(move_data_to_device(x, module.device))
                     parts = out if isinstance(out, tuple) else (out,)
                     if not arrays:
@@ -179,6 +191,8 @@ class FeatureCache:
             os.replace(temporary, final)
         except OSError:
             shutil.rmtree(temporary, ignore_errors=True)
+            if not (final / "labels.npy").is_file():  # not a parallel run's folder: fail
+                raise
         return [np.load(p, mmap_mode="r") for p in sorted(final.glob("part*.npy"))]
 
 
@@ -212,15 +226,40 @@ def plan_feature_cache(cfg: DictConfig, net: torch.nn.Module, freeze: Any, datam
                               f"{reason}")
         log.info("feature cache off: %s", reason)
         return None
-    key = {"boundary": split.boundary, "weights": split.weights_digest(),
-           "input": datamodule.input_spec().to_dict(), "fingerprint": datamodule.fingerprint(),
-           "data": to_container(cfg.data), "precision": str(cfg.trainer.get("precision")),
+    key = {"boundary": split.boundary, "input": datamodule.input_spec().to_dict(),
+           "fingerprint": datamodule.fingerprint(), "data": to_container(cfg.data),
+           "model": to_container(cfg.model), "precision": str(cfg.trainer.get("precision")),
            "channels_last": bool(cfg.model.get("channels_last")),
-           "torch": torch.__version__}
+           "versions": _versions()}
     folder = Path(cfg.paths.data_dir) / "feature_cache"
     log.info("feature cache on: %s computed once%s", split.boundary,
              f", until epoch {until}" if until is not None else "")
     return FeatureCache(split, until, store, folder, key)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("torch", "torchvision", "timm", "ecg-experiments"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "absent"
+    return found
+
+
+def _several_processes(trainer: DictConfig) -> bool:
+    if str(trainer.get("strategy", "auto")).startswith(("ddp", "fsdp", "deepspeed")):
+        return True
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, str) and devices not in ("auto", "1"):
+        devices = -1 if devices.strip() == "-1" else len(devices.split(","))
+    if not isinstance(devices, (int, str)):  # a list of device indices
+        return len(devices) > 1
+    if devices == "auto":
+        return torch.cuda.device_count() > 1 and str(trainer.get("accelerator")) != "cpu"
+    return int(devices) > 1 or int(devices) == -1
 
 
 def _why_not(cfg: DictConfig, datamodule: Any) -> str | None:
@@ -228,8 +267,6 @@ def _why_not(cfg: DictConfig, datamodule: Any) -> str | None:
     if augmentation:
         return (f"{augmentation} changes the frozen layers' input in every epoch (set it to "
                 "0/null to cache)")
-    devices = cfg.trainer.get("devices", 1)
-    if str(cfg.trainer.get("strategy", "auto")).startswith("ddp") or (
-            isinstance(devices, int) and devices > 1):
+    if _several_processes(cfg.trainer):
         return "several processes (DDP) each hold a share of the data"
     return None

@@ -33,13 +33,14 @@ class FrozenSplit:
     boundary: str
     prefix: Callable[[torch.Tensor], HeadInput]
     suffix: Callable[[HeadInput], Any]
-    frozen_state: dict[str, torch.Tensor]
+    frozen_state: dict[str, torch.Tensor]  # the prefix's tensors by state-dict name
 
-    def weights_digest(self) -> str:
-        """SHA-256 of the frozen tensors (names, shapes and values): part of the cache key."""
+    def weights_digest(self, state: dict[str, torch.Tensor]) -> str:
+        """SHA-256 of the frozen tensors (names, shapes and values) in `state` (the network's
+        state dict as training starts): part of the cache key."""
         digest = hashlib.sha256()
         for name in sorted(self.frozen_state):
-            tensor = self.frozen_state[name].detach().cpu().contiguous()
+            tensor = state[name].detach().cpu().contiguous()
             digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
             digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()

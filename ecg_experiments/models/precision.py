@@ -61,11 +61,14 @@ def resolve_precision(requested: str | int, accelerator: str, input_kind: str | 
             log.warning("trainer.precision=%s: this CPU has no bfloat16 kernels; using "
                         "32-true", requested)
             return FULL
-    if requested.startswith("16") and not gpu:  # Lightning would run bf16 instead
+    if requested.startswith("16") and not gpu:  # float16 autocast is a GPU's
         if not cpu_has_bf16():
             log.warning("trainer.precision=%s: float16 needs a GPU and this CPU has no "
                         "bfloat16 kernels; using 32-true", requested)
             return FULL
+        log.warning("trainer.precision=%s: float16 needs a GPU; using bf16-mixed on this "
+                    "CPU", requested)
+        return "bf16-mixed"
     return requested
 
 

@@ -169,12 +169,13 @@ def attach_feature_cache(cfg: DictConfig, net: torch.nn.Module, freeze: FreezePo
                          datamodule: ClassDataModule, module: ClassifierModule
                          ) -> dict[str, Any]:
     """Frozen layers computed once where they can be (models/feature_cache.py); the
-    Trainer options that go with it (the loaders made again when `gradual` unfreezes)."""
+    Trainer options that go with it: with `gradual`, the loaders are made again at every
+    epoch, so each epoch's batches (cached or not) follow the epoch, resumed runs too."""
     cache = plan_feature_cache(cfg, net, freeze, datamodule)
     datamodule.feature_cache = module.feature_cache = cache
     if cache is None or cache.until_epoch is None:
         return {}
-    return {"reload_dataloaders_every_n_epochs": cache.until_epoch}
+    return {"reload_dataloaders_every_n_epochs": 1}
 
 
 def parameter_counts(net: torch.nn.Module) -> dict[str, int]:
