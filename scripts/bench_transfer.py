@@ -11,7 +11,8 @@ real MIT-BIH beats on the fly with 1, 2 and all workers: whether rendering keeps
 GPU. bf16 rows are skipped on a CPU without bfloat16 kernels.
 
 Usage: python scripts/bench_transfer.py [--quick] [--mitdb DIR]; also run by
-`python scripts/benchmark.py --transfer`. Prints a table, writes outputs/bench/transfer.csv.
+`python scripts/benchmark.py --transfer`. Prints a table, writes outputs/bench/transfer.csv
+(transfer-epochs.csv for --epochs-only).
 """
 
 from __future__ import annotations
@@ -274,7 +275,7 @@ def main() -> None:
     print_table(rows, f"transfer learning, {os.cpu_count()} cores, torch {torch.__version__}, "
                       f"bf16 kernels: {'yes' if cpu_has_bf16() else 'no'} "
                       f"({time.perf_counter() - started:.0f} s)")
-    out = BENCH / "transfer.csv"
+    out = BENCH / ("transfer-epochs.csv" if args.epochs_only else "transfer.csv")
     pd.DataFrame(rows).assign(cores=os.cpu_count()).to_csv(out, index=False)
     print(f"written to {out}")
 

@@ -15,8 +15,13 @@
    `train --cfg job`, `train --help`, a mistyped option (`model=alexnett`) and a model/data
    mismatch (`model=alexnet`, refused by our own check).
 
+5. With --transfer, the transfer-learning table instead (scripts/bench_transfer.py: float32,
+   bf16, channels-last, frozen layers with and without the feature cache, on-the-fly loader
+   rates; the remaining arguments go to it, e.g. `--transfer --epochs 4 --per-class 1000`).
+
 Prints a table with the core count and writes outputs/bench/benchmark.csv.
-Usage: python scripts/benchmark.py [--quick | --cli-only | --render-only] [--mitdb DIR]
+Usage: python scripts/benchmark.py [--quick | --cli-only | --render-only | --transfer ...]
+[--mitdb DIR]
 """
 
 from __future__ import annotations
@@ -302,6 +307,12 @@ def config_only_cli(repeats: int = 5) -> list[dict]:
 
 
 def main() -> None:
+    if "--transfer" in sys.argv[1:]:
+        import bench_transfer  # scripts/ is on sys.path when this file runs as a script
+
+        sys.argv.remove("--transfer")
+        bench_transfer.main()
+        return
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mitdb", default=default_mitdb(), help="raw MIT-BIH folder")
