@@ -43,12 +43,13 @@ def _window_length(*args: Any) -> int:
     return window_length(*args)
 
 
-def _rr_count(on: Any, context: Any = 0, template: Any = False) -> int:
+def _rr_count(on: Any, context: Any = 0, template: Any = False, rhythm: Any = 0) -> int:
     """The number of per-beat features (0 when off), with `context` R-R intervals on either
-    side (data.recipe.rr_context) and the template features (data.recipe.template_features)."""
+    side (data.recipe.rr_context), the template features (data.recipe.template_features) and
+    the rhythm features (data.recipe.rhythm_beats)."""
     from ecg_experiments.data.beat_features import rr_feature_names
 
-    return len(rr_feature_names(int(context or 0), bool(template))) if on else 0
+    return len(rr_feature_names(int(context or 0), bool(template), int(rhythm or 0))) if on else 0
 
 
 def run_name(overrides: str = "") -> str:

@@ -42,10 +42,11 @@ def _data_option(kind: str, inputs: dict[str, Path]) -> list[str]:
     if kind == "csv":
         return ["data=beats_csv", f"data.train_file={inputs['csv']}", "data.batch_size=32"]
     if kind == "rr":  # two databases at once (mitdb 360 Hz MLII, svdb 128 Hz ECG1), with
-        # the R-R sequence and template features (7 + 2 + 2 per beat), beats relative to
+        # the R-R sequence, rhythm and template features (7 + 2 + 3 + 2 per beat), beats relative to
         # the record's median beat
         return ["data=physionet", "data/recipe=centered", "data.rr_features=true",
-                "data.recipe.rr_context=1", "data.recipe.template_features=true",
+                "data.recipe.rr_context=1", "data.recipe.rhythm_beats=8",
+                "data.recipe.template_features=true",
                 "data.recipe.subtract_template=true",
                 "data.databases=[mitdb,svdb]", "data.records=[100,106,svdb/801]",
                 f"data.dirs.mitdb={inputs['mitdb']}", f"data.dirs.svdb={inputs['svdb']}",
@@ -124,7 +125,7 @@ def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_p
     trained = load_trained_model(ckpt)
     spec = trained.input
     size = trained.config.model.get("input_size")
-    expected_shape = {"csv": (1, 187), "rr": (1, 252 + 11), "image": (3, size, size)}[kind]
+    expected_shape = {"csv": (1, 187), "rr": (1, 252 + 14), "image": (3, size, size)}[kind]
     assert spec.shape == expected_shape
     classes = list(IMAGE_ORDER) if kind == "image" else list("NSVFQ")
     assert trained.class_names == list(spec.class_names) == classes

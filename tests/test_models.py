@@ -92,6 +92,9 @@ def test_rr_features_reach_the_head(compose_train, mitdb_dir) -> None:
     cfg = compose_train([*overrides, "model=inception1d", "data.recipe.rr_context=1",
                          "data.recipe.template_features=true"])
     assert cfg.model.net.num_features == 7 + 2 + 2
+    cfg = compose_train([*overrides, "model=inception1d", "data.recipe.rr_context=1",
+                         "data.recipe.template_features=true", "data.recipe.rhythm_beats=16"])
+    assert cfg.model.net.num_features == 7 + 2 + 3 + 2
     with pytest.raises(ConfigError, match="data.rr_features=true but model=cnn1d takes no R-R"):
         validate_train_config(compose_train(overrides))
 

@@ -4,6 +4,7 @@ beat's likeness to its record's typical (median) beat; their names as the recipe
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from ecg_experiments.errors import DataError
 
@@ -15,6 +16,13 @@ RR_FEATURES = ("pre_rr", "post_rr", "pre_rr_ratio", "post_rr_ratio",
                "pre_rr_avg_ratio", "post_rr_avg_ratio", "local_rr_avg_ratio")
 
 
+# rhythm context: how irregular the R-R intervals before the beat were - their coefficient of
+# variation, their successive-difference RMS (RMSSD) over their mean, and the beat's previous
+# R-R over their median. In atrial fibrillation or flutter every interval differs from the
+# last, so an early normal beat is the rhythm, not a premature beat: the local-mean ratios
+# alone cannot tell the two apart (issue 28: most inter-patient S false positives are there)
+RHYTHM_FEATURES = ("rhythm_rr_cv", "rhythm_rr_rmssd_ratio", "rhythm_pre_rr_median_ratio")
+
 # morphology against the patient's own typical beat (the median beat of the record): the
 # correlation with it and the RMS difference from it, in the beat's normalised units
 TEMPLATE_FEATURES = ("template_corr", "template_rms")
@@ -25,15 +33,33 @@ TEMPLATE_FEATURES = ("template_corr", "template_rms")
 MIN_TEMPLATE_BEATS = 20
 
 
-def rr_feature_names(context: int = 0, template: bool = False) -> tuple[str, ...]:
+def rr_feature_names(context: int = 0, template: bool = False,
+                     rhythm: int = 0) -> tuple[str, ...]:
     """RR_FEATURES, then with `context` k > 0 the R-R sequence around the beat: the k
     intervals before its previous one and the k after its next one, each over the average
     R-R (beat context: an early beat followed by a pause, a run of early beats); then with
-    `template` the TEMPLATE_FEATURES."""
+    `rhythm` (a number of intervals, > 0) the RHYTHM_FEATURES; then with `template` the
+    TEMPLATE_FEATURES."""
     context = int(context)
     return (RR_FEATURES + tuple(f"rr_before{k}_avg_ratio" for k in range(1, context + 1))
             + tuple(f"rr_after{k}_avg_ratio" for k in range(1, context + 1))
+            + (RHYTHM_FEATURES if int(rhythm or 0) else ())
             + (TEMPLATE_FEATURES if template else ()))
+
+
+def rhythm_features(pre_rr: np.ndarray, beats: int) -> np.ndarray:
+    """[n, 3] RHYTHM_FEATURES of each beat from the `beats` R-R intervals before its own
+    previous one (`pre_rr[i]` is beat i's previous interval): their coefficient of variation,
+    their RMSSD over their mean, and `pre_rr[i]` over their median. The first beats of a
+    record use the intervals there are; with none, 0, 0 and 1 (a regular rhythm)."""
+    before = pd.Series(np.asarray(pre_rr, dtype=np.float64)).shift(1)
+    window = before.rolling(beats, min_periods=1)
+    mean = window.mean()
+    cv = before.rolling(beats, min_periods=2).std(ddof=0) / mean
+    rmssd = before.diff().pow(2).rolling(beats - 1, min_periods=1).mean().pow(0.5) / mean
+    prematurity = pd.Series(pre_rr, dtype=np.float64) / window.median()
+    return np.stack([cv.fillna(0.0), rmssd.fillna(0.0), prematurity.fillna(1.0)],
+                    axis=1).astype(np.float32)
 
 
 def median_beat(rows: np.ndarray) -> np.ndarray:

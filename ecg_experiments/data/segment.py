@@ -19,6 +19,7 @@ from scipy.signal import find_peaks, resample_poly
 from ecg_experiments.data.beat_features import (
     check_template_beats,
     median_beat,
+    rhythm_features,
     rr_feature_names,
     template_features,
 )
@@ -238,7 +239,9 @@ class CenteredRecipe:
     `local_rr_beats` beats on either side, and the previous, next and local R-R divided by
     the average R-R of the `average_rr_seconds` around the beat; with `rr_context` k also
     the k intervals before and after those, over the same average (`rr_feature_names`);
-    with `template_features` the beat against the record's median beat (TEMPLATE_FEATURES).
+    with `rhythm_beats` n how irregular the n intervals before the beat were
+    (RHYTHM_FEATURES); with `template_features` the beat against the record's median beat
+    (TEMPLATE_FEATURES).
     With `subtract_template` the signal is the normalised beat minus the record's median
     normalised beat: morphology relative to the patient's own typical beat, so that a new
     patient's normal beats sit near zero whatever their shape (the template features, if
@@ -254,6 +257,7 @@ class CenteredRecipe:
     local_rr_beats: int = 10
     average_rr_seconds: float = 600.0
     rr_context: int = 0
+    rhythm_beats: int = 0
     template_features: bool = False
     subtract_template: bool = False
     length: int | None = None  # derived: round(before * rate) + round(after * rate)
@@ -270,6 +274,11 @@ class CenteredRecipe:
             raise ValueError(f"rr_context={self.rr_context!r}: expected an integer 0-20 (R-R "
                              "intervals on either side of the beat's own two)")
         object.__setattr__(self, "rr_context", int(self.rr_context))
+        if isinstance(self.rhythm_beats, bool) or int(self.rhythm_beats) != self.rhythm_beats \
+                or not (int(self.rhythm_beats) == 0 or 3 <= int(self.rhythm_beats) <= 100):
+            raise ValueError(f"rhythm_beats={self.rhythm_beats!r}: expected 0 (off) or an "
+                             "integer 3-100 (R-R intervals before the beat)")
+        object.__setattr__(self, "rhythm_beats", int(self.rhythm_beats))
         if self.normalize not in ("zscore", "minmax", "none"):
             raise ValueError(f"normalize={self.normalize!r}: expected zscore, minmax or none")
         length = window_length(self.before, self.after, self.rate)
@@ -278,7 +287,10 @@ class CenteredRecipe:
         object.__setattr__(self, "length", length)
 
     def params(self) -> dict:
-        return {"name": self.name, **asdict(self), "features": list(self.feature_names)}
+        params = asdict(self)
+        if not self.rhythm_beats:  # an option added later: off, the prepared beats' key and
+            del params["rhythm_beats"]  # the stored runs' recipe stay what they were
+        return {"name": self.name, **params, "features": list(self.feature_names)}
 
     def record_only_options(self) -> dict[str, str]:
         """{option: why} for the options set that make a beat's signal depend on its record
@@ -291,13 +303,13 @@ class CenteredRecipe:
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        return rr_feature_names(self.rr_context, self.template_features)
+        return rr_feature_names(self.rr_context, self.template_features, self.rhythm_beats)
 
     def rr_features(self, samples: np.ndarray, fs: float) -> np.ndarray:
-        """The R-R part of the features (`rr_feature_names(rr_context)`)."""
+        """The R-R part of the features (`rr_feature_names(rr_context, rhythm=...)`)."""
         if len(samples) < 2:
-            return np.ones((len(samples), len(rr_feature_names(self.rr_context))),
-                           dtype=np.float32)
+            count = len(rr_feature_names(self.rr_context, rhythm=self.rhythm_beats))
+            return np.ones((len(samples), count), dtype=np.float32)
         rr = np.diff(samples) / fs
         pre = np.concatenate([rr[:1], rr])
         post = np.concatenate([rr, rr[-1:]])
@@ -318,10 +330,14 @@ class CenteredRecipe:
                    for k in range(1, self.rr_context + 1)]
         context += [post[np.clip(index + k, 0, last)] / average
                     for k in range(1, self.rr_context + 1)]
-        return np.stack(
+        features = np.stack(
             [pre, post, pre / local, post / local, pre / average, post / average,
              local / average, *context], axis=1,
         ).astype(np.float32)
+        if self.rhythm_beats:
+            features = np.concatenate([features, rhythm_features(pre, self.rhythm_beats)],
+                                      axis=1)
+        return features
 
     def extract(self, record: Record) -> Beats:
         signal = clean(record.signal, record.fs, self.baseline, self.bandpass_hz)

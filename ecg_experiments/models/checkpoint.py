@@ -80,7 +80,8 @@ def spec_from_config(config: DictConfig, class_names: list[str]) -> InputSpec:
     return InputSpec("signal", tuple(class_names), signal_length=int(data.signal_length),
                      rate=float(rate),
                      features=rr_feature_names(recipe.get("rr_context") or 0,
-                                               bool(recipe.get("template_features")))
+                                               bool(recipe.get("template_features")),
+                                               recipe.get("rhythm_beats") or 0)
                      if data.get("rr_features") else ())
 
 
