@@ -222,7 +222,6 @@ def test_rhythm_features_tell_an_early_beat_in_sinus_rhythm_from_one_in_fibrilla
     (CV, RMSSD over mean) and the previous R-R over their median: a premature beat after a
     regular rhythm has spread 0 and ratio 0.6; the same early interval inside an irregular
     run has a large spread; the first beat, with nothing before, reads as regular."""
-    from ecg_experiments.data.beat_features import RHYTHM_FEATURES
 
     fs = 250.0
     irregular = [0.9, 0.5, 1.1, 0.7, 1.2, 0.6, 0.8, 1.0]
@@ -230,26 +229,32 @@ def test_rhythm_features_tell_an_early_beat_in_sinus_rhythm_from_one_in_fibrilla
     samples = np.round(np.r_[0.0, np.cumsum(rr)] * fs).astype(np.int64)
     recipe = CenteredRecipe(rr_context=1, rhythm_beats=8)
     assert recipe.feature_names == (*RR_FEATURES, "rr_before1_avg_ratio", "rr_after1_avg_ratio",
-                                    *RHYTHM_FEATURES)
+                                    "rhythm8_rr_cv", "rhythm8_rr_rmssd_ratio",
+                                    "rhythm8_pre_rr_median_ratio")
     features = recipe.rr_features(samples, fs)
     np.testing.assert_array_equal(features[:, :9], CenteredRecipe(rr_context=1).rr_features(
         samples, fs))
-    named = dict(zip(recipe.feature_names, features.T, strict=True))
+    named = {name.removeprefix("rhythm8_"): values
+             for name, values in zip(recipe.feature_names, features.T, strict=True)}
     premature, in_fibrillation, first = 13, len(rr), 0  # beat i's previous R-R is rr[i - 1]
     assert named["pre_rr"][premature] == pytest.approx(0.6)
-    assert named["rhythm_rr_cv"][premature] == pytest.approx(0.0, abs=1e-6)
-    assert named["rhythm_rr_rmssd_ratio"][premature] == pytest.approx(0.0, abs=1e-6)
-    assert named["rhythm_pre_rr_median_ratio"][premature] == pytest.approx(0.6, abs=1e-3)
+    assert named["rr_cv"][premature] == pytest.approx(0.0, abs=1e-6)
+    assert named["rr_rmssd_ratio"][premature] == pytest.approx(0.0, abs=1e-6)
+    assert named["pre_rr_median_ratio"][premature] == pytest.approx(0.6, abs=1e-3)
     assert named["pre_rr"][in_fibrillation] == pytest.approx(0.6)
     before = np.array(irregular)
-    assert named["rhythm_rr_cv"][in_fibrillation] == pytest.approx(
+    assert named["rr_cv"][in_fibrillation] == pytest.approx(
         before.std() / before.mean(), abs=1e-3)
-    assert named["rhythm_rr_rmssd_ratio"][in_fibrillation] == pytest.approx(
+    assert named["rr_rmssd_ratio"][in_fibrillation] == pytest.approx(
         np.sqrt(np.mean(np.diff(before) ** 2)) / before.mean(), abs=1e-3)
-    assert named["rhythm_pre_rr_median_ratio"][in_fibrillation] == pytest.approx(
+    assert named["pre_rr_median_ratio"][in_fibrillation] == pytest.approx(
         0.6 / np.median(before), abs=1e-3)
-    assert named["rhythm_rr_cv"][in_fibrillation] > 0.25
-    assert (named["rhythm_rr_cv"][first], named["rhythm_pre_rr_median_ratio"][first]) == (0, 1)
+    assert named["rr_cv"][in_fibrillation] > 0.25
+    assert (named["rr_cv"][first], named["pre_rr_median_ratio"][first]) == (0, 1)
+    # one beat (no interval) and two annotations on one sample read as a regular rhythm
+    assert recipe.rr_features(np.array([100]), fs)[0, -3:].tolist() == [0, 0, 1]
+    same = recipe.rr_features(np.array([0, 250, 250, 500, 750]), fs)
+    assert np.isfinite(same[:, -3:]).all()
     # the option is off by default and then leaves the recipe's parameters as they were
     assert "rhythm_beats" not in CenteredRecipe().params()
     assert CenteredRecipe(rhythm_beats=16).params()["rhythm_beats"] == 16

@@ -21,7 +21,13 @@ RR_FEATURES = ("pre_rr", "post_rr", "pre_rr_ratio", "post_rr_ratio",
 # R-R over their median. In atrial fibrillation or flutter every interval differs from the
 # last, so an early normal beat is the rhythm, not a premature beat: the local-mean ratios
 # alone cannot tell the two apart (issue 28: most inter-patient S false positives are there)
-RHYTHM_FEATURES = ("rhythm_rr_cv", "rhythm_rr_rmssd_ratio", "rhythm_pre_rr_median_ratio")
+# (named with their window, `rhythm16_rr_cv`: a model and data of other windows never meet)
+RHYTHM_FEATURES = ("rr_cv", "rr_rmssd_ratio", "pre_rr_median_ratio")
+
+
+def rhythm_feature_names(beats: int) -> tuple[str, ...]:
+    """RHYTHM_FEATURES over a window of `beats` intervals: `rhythm<beats>_<feature>`."""
+    return tuple(f"rhythm{int(beats)}_{name}" for name in RHYTHM_FEATURES)
 
 # morphology against the patient's own typical beat (the median beat of the record): the
 # correlation with it and the RMS difference from it, in the beat's normalised units
@@ -43,7 +49,7 @@ def rr_feature_names(context: int = 0, template: bool = False,
     context = int(context)
     return (RR_FEATURES + tuple(f"rr_before{k}_avg_ratio" for k in range(1, context + 1))
             + tuple(f"rr_after{k}_avg_ratio" for k in range(1, context + 1))
-            + (RHYTHM_FEATURES if int(rhythm or 0) else ())
+            + (rhythm_feature_names(rhythm) if int(rhythm or 0) else ())
             + (TEMPLATE_FEATURES if template else ()))
 
 
@@ -51,15 +57,18 @@ def rhythm_features(pre_rr: np.ndarray, beats: int) -> np.ndarray:
     """[n, 3] RHYTHM_FEATURES of each beat from the `beats` R-R intervals before its own
     previous one (`pre_rr[i]` is beat i's previous interval): their coefficient of variation,
     their RMSSD over their mean, and `pre_rr[i]` over their median. The first beats of a
-    record use the intervals there are; with none, 0, 0 and 1 (a regular rhythm)."""
+    record use the intervals there are; with none (or intervals of 0 s: annotations on one
+    sample), 0, 0 and 1 (a regular rhythm)."""
     before = pd.Series(np.asarray(pre_rr, dtype=np.float64)).shift(1)
     window = before.rolling(beats, min_periods=1)
     mean = window.mean()
     cv = before.rolling(beats, min_periods=2).std(ddof=0) / mean
     rmssd = before.diff().pow(2).rolling(beats - 1, min_periods=1).mean().pow(0.5) / mean
     prematurity = pd.Series(pre_rr, dtype=np.float64) / window.median()
-    return np.stack([cv.fillna(0.0), rmssd.fillna(0.0), prematurity.fillna(1.0)],
-                    axis=1).astype(np.float32)
+    return np.stack([
+        part.replace([np.inf, -np.inf], np.nan).fillna(fill)
+        for part, fill in ((cv, 0.0), (rmssd, 0.0), (prematurity, 1.0))
+    ], axis=1).astype(np.float32)
 
 
 def median_beat(rows: np.ndarray) -> np.ndarray:

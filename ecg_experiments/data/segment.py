@@ -307,9 +307,11 @@ class CenteredRecipe:
 
     def rr_features(self, samples: np.ndarray, fs: float) -> np.ndarray:
         """The R-R part of the features (`rr_feature_names(rr_context, rhythm=...)`)."""
-        if len(samples) < 2:
-            count = len(rr_feature_names(self.rr_context, rhythm=self.rhythm_beats))
-            return np.ones((len(samples), count), dtype=np.float32)
+        if len(samples) < 2:  # no interval: ratios 1, and a regular rhythm (0, 0, 1)
+            ones = np.ones((len(samples), len(rr_feature_names(self.rr_context))), np.float32)
+            if self.rhythm_beats:
+                ones = np.concatenate([ones, rhythm_features(np.ones(len(samples)), 2)], axis=1)
+            return ones
         rr = np.diff(samples) / fs
         pre = np.concatenate([rr[:1], rr])
         post = np.concatenate([rr, rr[-1:]])
