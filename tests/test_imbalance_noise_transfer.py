@@ -210,6 +210,34 @@ def test_init_from_copies_matching_tensors_and_reinitialises_the_head(tmp_path) 
         init_from(target, "/no/such.ckpt", "sqlite:///unused.db")
 
 
+def test_init_from_copies_the_feature_branch_only_for_the_same_features(tmp_path) -> None:
+    """Two feature sets of one count (rr_context=1 + template: 11; rr_context=2: 11): the
+    layers reading them load only when the names and order match; the rest loads anyway."""
+    from ecg_experiments.data.beat_features import rr_feature_names
+    from ecg_experiments.models.resnet1d import XResNet1d
+
+    first, second = rr_feature_names(1, template=True), rr_feature_names(2)
+    assert len(first) == len(second) == 11 and first != second
+    source = XResNet1d(num_classes=5, num_features=11)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in source.state_dict().items()},
+                "ecg_class_names": list("NSVFQ"), "ecg_input": {"features": list(first)}},
+               tmp_path / "source.ckpt")
+    for names, feature_branch_loaded in ((first, True), (second, False)):
+        torch.manual_seed(1)
+        target = XResNet1d(num_classes=5, num_features=11)
+        fresh = {k: v.clone() for k, v in target.state_dict().items()}
+        report = init_from(target, str(tmp_path / "source.ckpt"), "sqlite:///unused.db",
+                           list("NSVFQ"), None, names)
+        branch = [k for k in fresh if k.startswith("head.features.")]
+        assert branch and all((k in report.loaded) == feature_branch_loaded for k in branch)
+        after, before = target.state_dict(), source.state_dict()
+        for key in branch:
+            expected = before[key] if feature_branch_loaded else fresh[key]
+            assert torch.equal(after[key], expected)
+        body = [k for k in report.loaded if not k.startswith("head.")]
+        assert body and all(torch.equal(after[k], before[k]) for k in body)
+
+
 def test_fine_tune_mitbih_model_on_ptb_through_a_run_id(small_csv, tmp_path, compose_train):
     """MIT-BIH (5 classes) -> PTB (normal vs abnormal) from the shared sample rows: the
     clean run's id is enough; the head is reported re-initialised and freezing applies."""

@@ -17,7 +17,7 @@ from ecg_experiments.errors import ConfigError, DataError, first_sentence
 from ecg_experiments.evaluation.seen import SeenSamples
 from ecg_experiments.inputs import InputSpec
 from ecg_experiments.io import readable_file
-from ecg_experiments.models.heads import output_prefixes
+from ecg_experiments.models.heads import beat_feature_prefixes, output_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -207,15 +207,38 @@ def _head_rows_by_name(
     return tensors, [class_names[j] for j, _ in pairs] if tensors else []
 
 
+def _without_other_features(fits: dict, net: nn.Module, checkpoint: object,
+                            feature_names: tuple[str, ...] | None, source: str) -> dict:
+    """`fits` less the feature-reading layers when the source's per-beat features (its
+    stored input description) are not this run's, by name and order."""
+    prefixes = beat_feature_prefixes(net)
+    stored = checkpoint.get("ecg_input") if isinstance(checkpoint, dict) else None
+    if not prefixes or feature_names is None or not isinstance(stored, dict):
+        return fits  # nothing reads features, or a checkpoint from before input descriptions
+    theirs = tuple(stored.get("features") or ())
+    dropped = [k for k in fits if k.startswith(prefixes)]
+    if theirs == tuple(feature_names) or not dropped:
+        return fits
+    log.warning("model.init_from=%s: the source took the per-beat features %s, this run %s: "
+                "the layers reading them (%s) keep their fresh weights", source,
+                ", ".join(theirs) or "(none recorded)", ", ".join(feature_names) or "none",
+                ", ".join(p.rstrip(".") for p in prefixes))
+    return {k: v for k, v in fits.items() if k not in dropped}
+
+
 def init_from(net: nn.Module, source: str, tracking_uri: str,
               class_names: list[str] | None = None,
-              class_map: dict[str, str] | None = None) -> InitReport:
+              class_map: dict[str, str] | None = None,
+              feature_names: tuple[str, ...] | None = None) -> InitReport:
     """Fine-tuning start: copy into `net` every tensor of a previous model whose name and shape
     match, except the output layer(s) (models/heads.py), whose rows are classes: there each
     class gets the row of the source class with the same name (`class_map` for deliberate
     renames, {new name: source name}); a class the source lacks keeps its fresh row.
 
     `source` is an ecg-experiments checkpoint path or an MLflow run id (its best checkpoint).
+    The layers that read per-beat features are copied only when the source took the same
+    features in the same order (`feature_names`, this run's; by name, as classes): features
+    of the same count but another meaning would otherwise load silently.
     """
     path = Path(source)
     if path.exists():
@@ -238,6 +261,7 @@ def init_from(net: nn.Module, source: str, tracking_uri: str,
     outputs = output_prefixes(net)
     fits = {k: state[k] for k, v in own.items()
             if k in state and state[k].shape == v.shape and not k.startswith(outputs)}
+    fits = _without_other_features(fits, net, checkpoint, feature_names, source)
     if not fits:
         raise DataError(f"model.init_from={source}: no tensor of {path} fits "
                         f"{type(net).__name__} (another architecture?)")

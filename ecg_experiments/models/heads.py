@@ -81,3 +81,12 @@ def reset_classifier(net: nn.Module, num_classes: int) -> nn.Module:
 def output_prefixes(net: nn.Module) -> tuple[str, ...]:
     """State-dict key prefixes of the output layers (e.g. 'classifier.6.')."""
     return tuple(f"{name}." for name in output_layers(net))
+
+
+def beat_feature_prefixes(net: nn.Module) -> tuple[str, ...]:
+    """State-dict key prefixes of the layers that read the per-beat features (R-R, rhythm,
+    template): modules marking themselves `takes_beat_features`, their `features` branch."""
+    return tuple(f"{name}.features." if name else "features."
+                 for name, module in net.named_modules()
+                 if getattr(module, "takes_beat_features", False)
+                 and getattr(module, "features", None) is not None)

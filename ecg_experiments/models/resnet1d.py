@@ -46,6 +46,8 @@ class ConcatPoolHead(nn.Module):
     `feature_width` values (so the head can combine them, e.g. "early and followed by a
     pause") and join the pooled vector."""
 
+    takes_beat_features = True  # init_from matches its `features` branch by feature name
+
     def __init__(self, channels: int, num_classes: int, dropout: float,
                  num_features: int = 0, feature_width: int = 32) -> None:
         super().__init__()
