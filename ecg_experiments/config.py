@@ -132,6 +132,12 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.channels_last=true: {group_choice('model')} takes {model_kind} input "
             "([batch, channels, samples]); channels-last is a layout of 2D image models only")
+    t_max = (cfg.get("scheduler") or {}).get("T_max")
+    if t_max is not None and int(t_max) <= 0:
+        raise ConfigError(
+            f"scheduler.T_max={t_max} (it follows trainer.max_epochs): the cosine schedule "
+            "needs a positive length; a run bounded by trainer.max_time alone takes "
+            "scheduler=none or an explicit scheduler.T_max")
     monitor = str(cfg.monitor.metric)
     if not monitor.startswith("val/"):
         raise ConfigError(

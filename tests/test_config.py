@@ -59,10 +59,18 @@ def test_monitoring_a_test_metric_is_refused(compose_train) -> None:
     ("optimizer.lr=-0.1", "must be > 0"),
     ("data.batch_size=0", "data.batch_size=0"),
     ("monitor.mode=maximum", "monitor.mode"),
+    # Lightning's "until trainer.max_time": the default cosine schedule would alternate
+    ("trainer.max_epochs=-1", r"scheduler.T_max=-1 .*scheduler=none"),
 ])
 def test_out_of_range_options(compose_train, override, message) -> None:
     with pytest.raises(ConfigError, match=message):
         validate_train_config(compose_train([*CSV, override]))
+
+
+def test_a_time_bounded_run_takes_a_constant_rate_or_its_own_schedule_length(
+        compose_train) -> None:
+    for fixed in ("scheduler=none", "scheduler.T_max=30"):
+        validate_train_config(compose_train([*CSV, "trainer.max_epochs=-1", fixed]))
 
 
 def test_no_validation_split_refuses_what_would_monitor_it(compose_train) -> None:

@@ -172,7 +172,9 @@ def test_gradual_resumed_inside_its_cached_phase_leaves_the_cache_at_its_epoch(
     cached, epoch 2 trains the whole network on images, as in the uninterrupted run."""
     args = ["model=cnn2d", "data=image_folder", f"data.root={images}", "data.num_workers=0",
             "data.batch_size=8", "data.augment.rotation=0", "freeze=gradual",
-            "freeze.unfreeze_at_epoch=2", f"paths.data_dir={tmp_path / 'prepared'}"]
+            "freeze.unfreeze_at_epoch=2", f"paths.data_dir={tmp_path / 'prepared'}",
+            # the stop after epoch 0 is max_epochs=1: cosine keeps the whole run's length
+            "scheduler.T_max=3"]
     whole = _fit(tmp_path / "whole", [*args, "trainer.max_epochs=3"], monkeypatch)
     _fit(tmp_path / "parts", [*args, "trainer.max_epochs=1"], monkeypatch)
     resumed = _fit(tmp_path / "parts", [*args, "trainer.max_epochs=3", "resume=true"],

@@ -9,7 +9,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from ecg_experiments.sweepers.optuna import OptunaSweeperBase
+from ecg_experiments.errors import ConfigError
+from ecg_experiments.sweepers.optuna import (
+    CONFIGURATION_ATTR,
+    OptunaSweeperBase,
+    check_study_configuration,
+    configuration_digest,
+)
 from ecg_experiments.tasks.train import train
 from tests.conftest import FAST, all_runs, run_cli
 
@@ -48,6 +54,11 @@ def test_optuna_search_persists_and_resumes(small_csv: Path, tmp_path: Path) -> 
             "hydra.sweeper.study_name=resume", "hydra.sweeper.n_jobs=2"]
     run_cli([*args, "hydra.sweeper.n_trials=4"], tmp_path)
     assert len(_study(tmp_path, "resume").trials) == 4
+    # another configuration (a fixed override here; a changed default alike) is refused
+    other = run_cli([*args, "hydra.sweeper.n_trials=6", "optimizer=sgdm"], tmp_path, check=False)
+    assert other.returncode != 0
+    assert "ran another configuration" in other.stdout + other.stderr
+    assert len(_study(tmp_path, "resume").trials) == 4
     second = run_cli([*args, "hydra.sweeper.n_trials=6"], tmp_path)
     study = _study(tmp_path, "resume")
     assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
@@ -79,6 +90,34 @@ def test_poor_trials_are_pruned_and_their_runs_still_finish(small_csv, tmp_path)
     for run in children:
         assert run.info.status == "FINISHED"
         assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 1
+
+
+def test_a_study_keeps_one_configuration(compose_train, tmp_path: Path, caplog) -> None:
+    base = ["data=beats_csv", "data.train_file=x.csv"]
+    digest = configuration_digest(compose_train(base), ["data.batch_size=64", "seed=1"])
+    # Hydra's own settings (n_trials, the sweep folder) and the overrides' order do not count
+    assert digest == configuration_digest(compose_train(base), [
+        "seed=1", "hydra.sweeper.n_trials=30", "data.batch_size=64"])
+    other_default = configuration_digest(compose_train([*base, "optimizer=adam"]),
+                                         ["data.batch_size=64", "seed=1"])
+    other_fixed = configuration_digest(compose_train(base), ["data.batch_size=32", "seed=1"])
+    assert len({digest, other_default, other_fixed}) == 3
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=storage)
+    check_study_configuration(study, digest, storage)  # a new study records its configuration
+    assert study.user_attrs[CONFIGURATION_ATTR] == digest
+    study.tell(study.ask({"lr": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
+    check_study_configuration(study, digest, storage)  # the same configuration continues
+    with pytest.raises(ConfigError, match=r"study 's' .*1 trial\(s\) ran another configuration"):
+        check_study_configuration(study, other_default, storage)
+    # a study from before the record: continued with a warning, then held to this configuration
+    old = optuna.create_study(study_name="old", storage=storage)
+    old.tell(old.ask({"lr": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
+    check_study_configuration(old, digest, storage)
+    assert "before studies recorded their configuration" in caplog.text
+    with pytest.raises(ConfigError):
+        check_study_configuration(old, other_fixed, storage)
 
 
 def test_interrupted_trials_are_retried(tmp_path: Path) -> None:

@@ -238,13 +238,17 @@ def cross_validate(cfg: DictConfig, fit_one: Callable[..., Any],
         log_files(parent, files, "cv")
         parent.finalize("success")
     if "cv/epochs" in summary:
+        # a schedule with a length (cosine's T_max follows trainer.max_epochs) must keep the
+        # folds' length in the final fit, or its rates after epoch 1 differ
+        t_max = (cfg.get("scheduler") or {}).get("T_max")
+        schedule = f" scheduler.T_max={t_max}" if t_max is not None else ""
         log.info("cross-validation of %d folds: %s = %.4f +- %.4f, the fold mean after %d "
                  "epochs (what selects, and what a final fit on the whole pool with "
-                 "trainer.max_epochs=%d reproduces; the mean of the folds' own bests: %.4f, "
+                 "trainer.max_epochs=%d%s reproduces; the mean of the folds' own bests: %.4f, "
                  "optimistic)", folds, optimized,
                  selection.get(optimized, float("nan")),
                  summary.get(f"cv/at_epochs/{optimized}_std", float("nan")),
-                 summary["cv/epochs"], summary["cv/epochs"],
+                 summary["cv/epochs"], summary["cv/epochs"], schedule,
                  summary.get(f"cv/best/{optimized}_mean", float("nan")))
     else:
         log.warning("cross-validation of %d folds: no fold logged %s, nothing to select on",

@@ -8,12 +8,17 @@ override grammar: choice, range, interval, tag(log|int, ...)) and adds:
 - resumable studies: with a persistent `storage`, `n_trials` is the study's total; a rerun
   runs only the missing trials, and trials left RUNNING by an interrupted sweep are marked
   failed and their parameters tried again;
+- one configuration per study: a study records the digest of the configuration its trials
+  share (everything but the swept parameters and Hydra's own settings); a rerun under another
+  configuration (another default, another fixed override) is refused before any trial, so
+  trials of two configurations never meet in one study and its best parameters;
 - pruning: each job gets `optuna_trial.*` overrides so its training can report validation
   metrics per epoch and stop early when the `pruner` says so (needs a persistent storage).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,7 +39,40 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from ecg_experiments.errors import ConfigError
+
 log = logging.getLogger(__name__)
+
+CONFIGURATION_ATTR = "ecg_configuration"
+
+
+def configuration_digest(config: DictConfig, fixed: list[str]) -> str:
+    """What a study's trials share: the task config (unresolved, without Hydra's settings,
+    so n_trials or the sweep folder may change) and the fixed command-line overrides."""
+    task = OmegaConf.to_container(config, resolve=False)
+    task.pop("hydra", None)
+    shared = sorted(f for f in fixed if not f.lstrip("+~").startswith("hydra"))
+    text = OmegaConf.to_yaml(OmegaConf.create(task)) + "\n".join(shared)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_study_configuration(study: optuna.Study, digest: str, storage: str | None) -> None:
+    """Record `digest` on a new study; refuse one whose trials ran another configuration."""
+    recorded = study.user_attrs.get(CONFIGURATION_ATTR)
+    if recorded == digest:
+        return
+    if recorded is not None:
+        raise ConfigError(
+            f"Optuna study {study.study_name!r} in {storage}: its {len(study.trials)} trial(s) "
+            f"ran another configuration (digest {recorded}, this one {digest}: a default or a "
+            "fixed override changed); its best parameters would mix both. Name a new study "
+            "(hydra.sweeper.study_name=...) or delete this one")
+    if study.trials:
+        log.warning("Optuna study %s holds %d trial(s) from before studies recorded their "
+                    "configuration: continuing it assumes they ran this one (a default may "
+                    "have changed since; hydra.sweeper.study_name=... starts afresh)",
+                    study.study_name, len(study.trials))
+    study.set_user_attr(CONFIGURATION_ATTR, digest)
 
 
 def distribution_from_override(override: Override) -> BaseDistribution:
@@ -143,6 +181,8 @@ class OptunaSweeperBase(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         space, fixed = self._search_space(arguments)
         study = self._study()
+        check_study_configuration(study, configuration_digest(self.config, fixed),
+                                  self.storage)
         done = self._resume(study)
         remaining = max(self.n_trials - done, 0)
         log.info("Optuna study %s: %d trial(s) done, %d to run (n_trials=%d), space: %s",
