@@ -23,16 +23,14 @@ from tests.conftest import FAST, compose_config
 CSV_RUN = ["data=beats_csv", "trainer.max_epochs=1", "report.bootstrap_rounds=0"]
 
 
-def test_auto_is_bf16_for_image_models_on_a_cpu_with_bf16_and_float32_otherwise(
+def test_auto_is_bf16_on_a_cpu_with_bf16_and_float32_otherwise(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    assert resolve_precision("auto", "cpu", "signal") == "32-true"
-    assert resolve_precision("auto", "cpu", "image") == ("bf16-mixed" if cpu_has_bf16()
-                                                         else "32-true")
+    assert resolve_precision("auto", "cpu") == ("bf16-mixed" if cpu_has_bf16() else "32-true")
     if cpu_has_bf16():  # float16 autocast is a GPU's: the CPU runs (and says) bf16
-        assert resolve_precision("16-mixed", "cpu", "image") == "bf16-mixed"
+        assert resolve_precision("16-mixed", "cpu") == "bf16-mixed"
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
-    assert resolve_precision("auto", "cpu", "image") == "32-true"
-    assert resolve_precision("32-true", "cpu", "image") == "32-true"
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("32-true", "cpu") == "32-true"
 
 
 @pytest.mark.parametrize("requested", ["bf16-mixed", "16-mixed"])

@@ -1,8 +1,9 @@
 """Numeric precision and memory format a network trains and infers in.
 
 `trainer.precision` is Lightning's (32-true, bf16-mixed, 16-mixed, ...) plus `auto`: bf16-mixed
-for image models on a CPU with native bfloat16 kernels and on a GPU that has them (16-mixed on
-an older GPU), 32-true otherwise. A request the machine cannot honour falls back with one log
+on a CPU with native bfloat16 kernels and on a GPU that has them (16-mixed on an older GPU),
+32-true otherwise; for every model (measured faster on this CPU for image and signal models
+alike: docs/training.md). A request the machine cannot honour falls back with one log
 line: bf16 on a CPU without bfloat16 kernels to 32-true (emulated bf16 is slower than float32),
 bf16 on a GPU without it to 16-mixed. `model.channels_last` stores 2D models' weights and
 inputs channels-last (NHWC), which oneDNN and cuDNN convolutions run faster.
@@ -42,13 +43,11 @@ def uses_gpu(accelerator: str) -> bool:
                                                 and torch.cuda.is_available())
 
 
-def resolve_precision(requested: str | int, accelerator: str, input_kind: str | None) -> str:
+def resolve_precision(requested: str | int, accelerator: str) -> str:
     """The precision to give Lightning for `requested` on this machine (module docstring)."""
     requested = str(requested)
     gpu = uses_gpu(accelerator)
     if requested == AUTO:
-        if input_kind != "image":  # signal models: measured no faster in bf16 (benchmark)
-            return FULL
         if gpu:
             return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         return "bf16-mixed" if cpu_has_bf16() else FULL

@@ -63,7 +63,7 @@ def fit_one(cfg: DictConfig, tags: dict[str, str] | None = None) -> Fitted:
     `tags` added (e.g. the parent run of a cross-validation)."""
     validate_train_config(cfg)
     check_accelerator(cfg)
-    settle_precision(cfg, cfg.model.get("input_kind"))
+    settle_precision(cfg)
     set_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.run_dir)

@@ -42,12 +42,12 @@ def check_accelerator(cfg: DictConfig) -> None:
         )
 
 
-def settle_precision(cfg: DictConfig, input_kind: str | None) -> str:
+def settle_precision(cfg: DictConfig) -> str:
     """`trainer.precision` as this machine runs it (`auto` chosen, an unsupported request
     fallen back with one log line: models/precision.py), written into the config so the
     run's saved config and params say what it used."""
     precision = resolve_precision(cfg.trainer.get("precision", "32-true"),
-                                  str(cfg.trainer.get("accelerator", "auto")), input_kind)
+                                  str(cfg.trainer.get("accelerator", "auto")))
     with open_dict(cfg):
         cfg.trainer.precision = precision
     return precision

@@ -189,7 +189,7 @@ def evaluate_model(cfg: DictConfig, model: TrainedModel, data_cfg: DictConfig,
                               config=to_container(model.config), input_spec=model.input,
                               seen=model.seen,
                               channels_last=bool(model.config.model.get("channels_last")))
-    settle_precision(cfg, model.input.kind)
+    settle_precision(cfg)
     logger = make_logger() if make_logger is not None else None
     # lines in a log as training writes them (a bar on a terminal)
     bar = [progress_bar()] if cfg.trainer.get("enable_progress_bar", True) else []

@@ -231,7 +231,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         included = check_unseen(frame, model.seen, bool(cfg.get("allow_seen")),
                                 f"input={cfg.input}")
     frame = frame.drop(columns=[c for c in (ID, ALSO) if c in frame])
-    precision = resolve_precision(cfg.get("precision", "32-true"), "cpu", model.input.kind)
+    precision = resolve_precision(cfg.get("precision", "32-true"), "cpu")
     probs = predict_probabilities(model.net, inputs, int(cfg.batch_size), precision)
     frame["predicted"] = [model.class_names[k] for k in probs.argmax(axis=1)]
     for k, name in enumerate(model.class_names):
