@@ -102,6 +102,11 @@ def test_a_study_keeps_one_configuration(compose_train, tmp_path: Path, caplog) 
                                          ["data.batch_size=64", "seed=1"])
     other_fixed = configuration_digest(compose_train(base), ["data.batch_size=32", "seed=1"])
     assert len({digest, other_default, other_fixed}) == 3
+    # a swept key's default is replaced by every trial: another default is the same study
+    assert configuration_digest(compose_train(base), [], ["optimizer.lr"]) == (
+        configuration_digest(compose_train([*base, "optimizer.lr=0.5"]), [], ["optimizer.lr"]))
+    assert configuration_digest(compose_train(base), []) != (
+        configuration_digest(compose_train([*base, "optimizer.lr=0.5"]), []))
 
     storage = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(study_name="s", storage=storage)

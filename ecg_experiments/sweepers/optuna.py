@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,21 @@ log = logging.getLogger(__name__)
 CONFIGURATION_ATTR = "ecg_configuration"
 
 
-def configuration_digest(config: DictConfig, fixed: list[str]) -> str:
+def configuration_digest(config: DictConfig, fixed: list[str],
+                         swept: Iterable[str] = ()) -> str:
     """What a study's trials share: the task config (unresolved, without Hydra's settings,
-    so n_trials or the sweep folder may change) and the fixed command-line overrides."""
+    so n_trials or the sweep folder may change, and without the swept keys, whose default
+    each trial replaces) and the fixed command-line overrides."""
     task = OmegaConf.to_container(config, resolve=False)
     task.pop("hydra", None)
+    shared_config = OmegaConf.create(task)
+    for key in swept:
+        parent, _, leaf = key.lstrip("+~").rpartition(".")
+        node = OmegaConf.select(shared_config, parent) if parent else shared_config
+        if isinstance(node, DictConfig) and leaf in node:
+            del node[leaf]
     shared = sorted(f for f in fixed if not f.lstrip("+~").startswith("hydra"))
-    text = OmegaConf.to_yaml(OmegaConf.create(task)) + "\n".join(shared)
+    text = OmegaConf.to_yaml(shared_config) + "\n".join(shared)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -181,7 +190,7 @@ class OptunaSweeperBase(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         space, fixed = self._search_space(arguments)
         study = self._study()
-        check_study_configuration(study, configuration_digest(self.config, fixed),
+        check_study_configuration(study, configuration_digest(self.config, fixed, space),
                                   self.storage)
         done = self._resume(study)
         remaining = max(self.n_trials - done, 0)
