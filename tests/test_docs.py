@@ -11,7 +11,8 @@ import yaml
 from ecg_experiments.config import CONFIG_DIR, PROJECT_ROOT
 
 DOCS = PROJECT_ROOT / "docs"
-COMMANDS = ("train", "evaluate", "predict", "explain", "export", "explore", "prepare", "compare")
+COMMANDS = ("train", "evaluate", "predict", "explain", "export", "explore", "prepare", "compare",
+            "ensemble")
 
 
 def _nav_pages() -> list[str]:

@@ -75,22 +75,29 @@ def feature_map_layer(net: nn.Module, example: torch.Tensor) -> nn.Module:
 def grad_cam(net: nn.Module, x: torch.Tensor, targets: torch.Tensor,
              batch_size: int = 16) -> np.ndarray:
     """Grad-CAM maps [n, H, W] for `targets`, upsampled to the input size and scaled to
-    [0, 1] per image."""
+    [0, 1] per image. For an ensemble (a net with `members`, models/ensemble.py) the maps of
+    the ensemble's output at each member's last feature map are summed: every member's
+    evidence for the ensemble's class, not one member's."""
     from captum.attr import LayerAttribution, LayerGradCam
 
-    layer = feature_map_layer(net, x)
-    method = LayerGradCam(net, layer)
-    maps = []
-    for xs, ts in zip(torch.split(x, batch_size), torch.split(targets, batch_size),
-                      strict=True):
-        # gradients must reach the feature map also when the backbone is frozen
-        xs = xs.to(_device(net)).float().requires_grad_(True)
-        cam = method.attribute(xs, target=ts.tolist(), relu_attributions=True)
-        cam = LayerAttribution.interpolate(cam, tuple(xs.shape[-2:]), "bilinear")
-        maps.append(cam.detach().cpu()[:, 0])
-    result = torch.cat(maps).numpy()
-    peak = result.reshape(len(result), -1).max(axis=1).clip(min=1e-12)
-    return result / peak[:, None, None]
+    parts = getattr(net, "members", None)
+    layers = ([feature_map_layer(member, x) for member in parts] if isinstance(parts, nn.ModuleList)
+              else [feature_map_layer(net, x)])
+    total = None
+    for layer in layers:
+        method = LayerGradCam(net, layer)
+        maps = []
+        for xs, ts in zip(torch.split(x, batch_size), torch.split(targets, batch_size),
+                          strict=True):
+            # gradients must reach the feature map also when the backbone is frozen
+            xs = xs.to(_device(net)).float().requires_grad_(True)
+            cam = method.attribute(xs, target=ts.tolist(), relu_attributions=True)
+            cam = LayerAttribution.interpolate(cam, tuple(xs.shape[-2:]), "bilinear")
+            maps.append(cam.detach().cpu()[:, 0])
+        result = torch.cat(maps).numpy()
+        total = result if total is None else total + result
+    peak = total.reshape(len(total), -1).max(axis=1).clip(min=1e-12)
+    return total / peak[:, None, None]
 
 
 def attribute(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, spec: InputSpec,

@@ -21,6 +21,8 @@ from ecg_experiments.models.heads import beat_feature_prefixes, output_prefixes
 
 log = logging.getLogger(__name__)
 
+ENSEMBLE_KEY = "ecg_ensemble"  # the entry of an ensemble's checkpoint naming its members
+
 
 @dataclass
 class TrainedModel:
@@ -252,6 +254,11 @@ def init_from(net: nn.Module, source: str, tracking_uri: str,
     except Exception as err:
         raise DataError(f"{path}: not a loadable PyTorch checkpoint ({first_sentence(err)}); "
                         "expected a checkpoint of ecg-experiments or a state dict") from err
+    if isinstance(checkpoint, dict) and ENSEMBLE_KEY in checkpoint:
+        raise ConfigError(f"model.init_from={source}: {path} is an ensemble of "
+                          f"{len(checkpoint[ENSEMBLE_KEY])} models, not one network to "
+                          "fine-tune; start from one of its members (ensemble.members in its "
+                          "config names them)")
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise DataError(f"{path}: expected a checkpoint with a state_dict")
