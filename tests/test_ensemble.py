@@ -26,15 +26,16 @@ from ecg_experiments.tasks.ensemble import ensemble
 from ecg_experiments.tasks.evaluate import evaluate
 from ecg_experiments.tasks.explain import explain
 from ecg_experiments.tasks.export import export_model
-from ecg_experiments.tasks.predict import predict
+from ecg_experiments.tasks.predict import load_inputs, predict, predict_probabilities
 from ecg_experiments.tasks.train import train
 from tests.conftest import assert_export_matches_checkpoint, compose_config, shared_path
 
 # two records' beats (kachuee recipe, random split), one short epoch per seed; every report
 # part a user gets stays on
 DATA = ["data=mitbih", "data.records=[100,106]", "data.download=false", "data.batch_size=32"]
-FAST = ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "report.bootstrap_rounds=50",
-        "report.attribution_per_group=1", "report.attribution_steps=4"]
+REPORT = ["report.bootstrap_rounds=50", "report.attribution_per_group=1",
+          "report.attribution_steps=4"]
+FAST = ["trainer.max_epochs=1", "trainer.limit_train_batches=4", *REPORT]
 
 
 def _store(root: Path) -> list[str]:
@@ -50,11 +51,12 @@ def _runs(root: Path) -> list:
 
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Five seeds of cnn1d on mitdb records 100 and 106, each logging its model."""
+    """Five seeds of cnn1d on mitdb records 100 and 106, each logging its model (not tested)."""
     root = tmp_path_factory.mktemp("seeds")
     mitdb = shared_path("mitdb")
     args = [*DATA, f"paths.mitdb_dir={mitdb}", *_store(root), *FAST]
-    cfg = compose_config(root / "train", [*args, "repeat.seeds=5"])
+    # test=false: the members' own test scores are not this file's subject (train's is)
+    cfg = compose_config(root / "train", [*args, "repeat.seeds=5", "test=false"])
     train(cfg)
     runs = _runs(root)
     [parent] = [r for r in runs if "repeat.seed" not in r.data.tags]
@@ -73,7 +75,7 @@ def test_five_seeds_are_one_model_through_every_step(seeds: dict) -> None:
     # the parent run of repeat.seeds names its five children's models; test=true scores the
     # ensemble's own test split and also_test data (record 101: never trained on)
     metrics = ensemble(_compose(seeds, "ens", [
-        f"members=[{seeds['parent']}]", "test=true", "report.bootstrap_rounds=50",
+        f"members=[{seeds['parent']}]", "test=true", *REPORT,
         "+also_test.other.records=[101]"], "ensemble"))
     [run] = [r for r in _runs(root) if r.data.tags.get("ensemble.size")]
     assert run.info.status == "FINISHED" and run.data.tags["ensemble.size"] == "5"
@@ -94,7 +96,7 @@ def test_five_seeds_are_one_model_through_every_step(seeds: dict) -> None:
 
     # evaluate by run id: the same test numbers as the ensemble command's
     again = evaluate(_compose(seeds, "eval", [f"run_id={run.info.run_id}", "logger=none",
-                                              "report.bootstrap_rounds=0"], "eval"))
+                                              *REPORT], "eval"))
     assert again["test/acc"] == pytest.approx(metrics["test/acc"])
     assert again["test/f1_macro"] == pytest.approx(metrics["test/f1_macro"])
 
@@ -102,11 +104,8 @@ def test_five_seeds_are_one_model_through_every_step(seeds: dict) -> None:
     record = seeds["mitdb"] / "101.hea"
     frame = predict(_compose(seeds, "p", [f"ckpt={ckpt}", f"input={record}"], "predict"))
     probs = frame[[f"prob_{c}" for c in model.class_names]].to_numpy()
-    own = [predict(_compose(seeds, f"p{k}", [f"ckpt={m.checkpoint}", f"input={record}",
-                                             "strip.duration=0"], "predict"))
-           for k, m in enumerate(members)]
-    expected = np.mean([f[[f"prob_{c}" for c in model.class_names]].to_numpy() for f in own],
-                       axis=0)
+    beats, _ = load_inputs(str(record), members[0])  # as predict reads them for a member
+    expected = np.mean([predict_probabilities(m.net, beats, 512) for m in members], axis=0)
     assert len(frame) > 1500
     np.testing.assert_allclose(probs, expected, atol=1e-5)
 
@@ -164,11 +163,11 @@ def test_members_by_folder_or_file_are_the_same_ensemble(seeds: dict) -> None:
     with torch.no_grad():
         assert torch.allclose(r.net(x), a.net(x), atol=1e-6)
     record = seeds["mitdb"] / "101.hea"
-    frames = [predict(_compose(seeds, f"pr{k}", [f"ckpt={m.checkpoint}", f"input={record}",
-                                                  "strip.duration=0"], "predict"))
-              for k, m in enumerate((a, r))]
-    columns = [f"prob_{c}" for c in a.class_names]
-    np.testing.assert_allclose(frames[0][columns], frames[1][columns], atol=1e-5)
+    frame = predict(_compose(seeds, "pr", [f"ckpt={r.checkpoint}", f"input={record}",
+                                           "strip.duration=0"], "predict"))
+    beats, _ = load_inputs(str(record), a)
+    np.testing.assert_allclose(frame[[f"prob_{c}" for c in a.class_names]],
+                               predict_probabilities(a.net, beats, 512), atol=1e-5)
 
 
 def _reverse_classes(source: Path, target: Path) -> Path:
@@ -296,10 +295,35 @@ def test_a_repeated_cross_validation_gives_the_ensembles_cv_estimate(
     assert logged.data.metrics["cv_ensemble/val/f1_macro_mean"] == pytest.approx(ens.mean())
     # the data changed since the fits (here: a fold's saved split): refused, not scored on
     # samples a member may have trained on
-    saved = folder / "seed43" / "fold1" / "split.csv"
+    saved = folder / "seed43" / "fold0" / "split.csv"
     split = pd.read_csv(saved)
     split.loc[split.index[split["split"] == "val"][:1], "split"] = "train"
     split.to_csv(saved, index=False)
     with pytest.raises(ConfigError, match="are not those"):
         ensemble(compose_config(tmp_path / "changed", [*_store(tmp_path),
                                                        f"members={folder}"], "ensemble"))
+
+
+def test_grad_cam_of_an_image_ensemble_reads_every_members_feature_map() -> None:
+    from ecg_experiments.evaluation.attribution import grad_cam
+    from ecg_experiments.models.cnn2d import SmallCNN2d
+
+    torch.manual_seed(0)
+    members = [SmallCNN2d(3, 3, 32).eval(), SmallCNN2d(3, 3, 32).eval()]
+    net = EnsembleNet(members).eval()
+    x = torch.rand(2, 3, 32, 32)
+    targets = torch.tensor([0, 2])
+    maps = grad_cam(net, x, targets)
+    assert maps.shape == (2, 32, 32) and maps.max() == pytest.approx(1.0)
+    # not the last member's map alone (where a plain forward hook would look)
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from ecg_experiments.evaluation.attribution import feature_map_layer
+
+    last = feature_map_layer(net, x)
+    assert any(last is m for m in members[1].modules())
+    cam = LayerGradCam(net, last).attribute(x.requires_grad_(True), target=targets.tolist(),
+                                            relu_attributions=True)
+    cam = LayerAttribution.interpolate(cam, (32, 32), "bilinear").detach()[:, 0].numpy()
+    cam = cam / cam.reshape(2, -1).max(axis=1).clip(min=1e-12)[:, None, None]
+    assert not np.allclose(cam, maps, atol=1e-3)
