@@ -142,9 +142,10 @@ def test_members_by_folder_or_file_are_the_same_ensemble(seeds: dict) -> None:
     with pytest.raises(ConfigError, match="were seen by the model"):
         evaluate(_compose(seeds, "e", [f"ckpt={a.checkpoint}", "holdout=all",
                                        "logger=none"], "eval"))
-    # the same model named twice, by its file and by its run's folder: refused by content
-    with pytest.raises(ConfigError, match="named more than once"):
-        ensemble(_compose(seeds, "twice", [f"members=[{seeds['folder']},{files[0]}]",
+    # the same model named twice, by its run id (a download) and its file: refused by its
+    # weights
+    with pytest.raises(ConfigError, match="the same model more than once"):
+        ensemble(_compose(seeds, "twice", [f"members=[{seeds['children'][0]},{files[0]}]",
                                            "logger=none"], "ensemble"))
     # an ensemble is no member: its models would count unevenly
     with pytest.raises(ConfigError, match="is itself an ensemble"):
@@ -222,19 +223,21 @@ def test_members_meet_by_class_name_not_position() -> None:
         check_members([a, _member("NSF", [0.0, 0.0, 0.0])])
     with pytest.raises(ConfigError, match="differ in signal_length"):
         check_members([a, _member("NSV", [0.0, 0.0, 0.0], length=252)])
+    with pytest.raises(ConfigError, match="the same model more than once"):
+        check_members([a, _member("NSV", [2.0, 0.0, -1.0])])  # another file, same weights
     # the same length and rate, but beats cut otherwise (relative to the record's median
     # beat): one input cannot feed both
     plain = {"recipe": {"_target_": "centered", "subtract_template": False}, "split": "random"}
     relative = {"recipe": {"_target_": "centered", "subtract_template": True}, "split": "records"}
     assert check_members([_member("NSV", [0.0] * 3, data=plain),
-                          _member("NSV", [0.0] * 3, data={**plain, "split": "records"})])
+                          _member("NSV", [1.0] * 3, data={**plain, "split": "records"})])
     with pytest.raises(ConfigError, match=r"inputs made otherwise .*data.recipe differ"):
         check_members([_member("NSV", [0.0] * 3, data=plain),
-                       _member("NSV", [0.0] * 3, data=relative)])
+                       _member("NSV", [1.0] * 3, data=relative)])
     # a lead given to one member only: the other took the database's default lead
     with pytest.raises(ConfigError, match=r"data.leads differ"):
         check_members([_member("NSV", [0.0] * 3, data=plain),
-                       _member("NSV", [0.0] * 3, data={**plain, "leads": ["V1"]})])
+                       _member("NSV", [1.0] * 3, data={**plain, "leads": ["V1"]})])
     with pytest.raises(ConfigError, match="at least two members"):
         build_ensemble([a], ["a"], Path("e.ckpt"))
 
@@ -315,15 +318,36 @@ def test_grad_cam_of_an_image_ensemble_reads_every_members_feature_map() -> None
     targets = torch.tensor([0, 2])
     maps = grad_cam(net, x, targets)
     assert maps.shape == (2, 32, 32) and maps.max() == pytest.approx(1.0)
-    # not the last member's map alone (where a plain forward hook would look)
+    # the sum of the ensemble output's Grad-CAM at each member's own last feature map
     from captum.attr import LayerAttribution, LayerGradCam
 
     from ecg_experiments.evaluation.attribution import feature_map_layer
 
-    last = feature_map_layer(net, x)
-    assert any(last is m for m in members[1].modules())
-    cam = LayerGradCam(net, last).attribute(x.requires_grad_(True), target=targets.tolist(),
-                                            relu_attributions=True)
-    cam = LayerAttribution.interpolate(cam, (32, 32), "bilinear").detach()[:, 0].numpy()
-    cam = cam / cam.reshape(2, -1).max(axis=1).clip(min=1e-12)[:, None, None]
-    assert not np.allclose(cam, maps, atol=1e-3)
+    total = 0
+    for member in members:
+        layer = feature_map_layer(member, x)
+        cam = LayerGradCam(net, layer).attribute(x.clone().requires_grad_(True),
+                                                 target=targets.tolist(), relu_attributions=True)
+        total = total + LayerAttribution.interpolate(cam, (32, 32), "bilinear").detach()[:, 0]
+    total = total.numpy() / total.numpy().reshape(2, -1).max(axis=1)[:, None, None]
+    np.testing.assert_allclose(maps, total, atol=1e-5)
+    # ... which is not the last member's map alone (where a plain forward hook looks)
+    only_last = LayerGradCam(net, feature_map_layer(net, x)).attribute(
+        x.clone().requires_grad_(True), target=targets.tolist(), relu_attributions=True)
+    only_last = LayerAttribution.interpolate(only_last, (32, 32), "bilinear").detach()[:, 0]
+    only_last = only_last.numpy() / only_last.numpy().reshape(2, -1).max(axis=1)[:, None, None]
+    assert not np.allclose(maps, only_last, atol=1e-3)
+
+
+def test_beats_drawn_as_images_are_drawn_as_the_model_was_trained() -> None:
+    # a scalogram model evaluated on data=beat_images: the images' size matches, their
+    # drawing would not; evaluate draws them with the model's renderer
+    from ecg_experiments.tasks.evaluate import draw_as_trained
+
+    renderer = {"_target_": "ecg_experiments.data.render.ScalogramRenderer", "wavelet": "morl"}
+    trained = _member("NSV", [0.0] * 3, data={"source": {"renderer": renderer}})
+    data = OmegaConf.create({"source": {"renderer": {
+        "_target_": "ecg_experiments.data.render.WaveformRenderer"}, "on_the_fly": True}})
+    draw_as_trained(data, trained)
+    assert OmegaConf.to_container(data.source.renderer) == renderer
+    assert data.source.on_the_fly is True

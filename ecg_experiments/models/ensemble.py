@@ -10,10 +10,12 @@ and their input descriptions must agree, or `check_members` says which differs.
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -75,6 +77,17 @@ def _spec_without_classes(spec: InputSpec) -> dict:
     return {k: v for k, v in spec.to_dict().items() if k != "class_names"}
 
 
+def _recipe_params(recipe: object) -> object:
+    """A stored recipe as its class sees it (`params()`: the defaults of options added since
+    filled in, so an older run's recipe equals a newer one that cuts the same beats)."""
+    if not isinstance(recipe, dict) or "_target_" not in recipe:
+        return recipe
+    try:
+        return instantiate(recipe).params()
+    except Exception:  # a recipe this code cannot rebuild: compared as stored
+        return recipe
+
+
 def _input_making(model: TrainedModel) -> dict | None:
     """The INPUT_MAKING options of a member's data (None: a member built without a config,
     whose stored input description is all there is)."""
@@ -82,8 +95,22 @@ def _input_making(model: TrainedModel) -> dict | None:
     if data is None:
         return None
     found = {key: OmegaConf.select(data, key, default=None) for key in INPUT_MAKING}
-    return {key: OmegaConf.to_container(value, resolve=True)
+    made = {key: OmegaConf.to_container(value, resolve=True)
             if OmegaConf.is_config(value) else value for key, value in found.items()}
+    return {key: _recipe_params(value) if key.endswith("recipe") else value
+            for key, value in made.items()}
+
+
+def weights_digest(net: nn.Module) -> str:
+    """SHA-256 of a network's tensors in name order: one model saved in two files (a run's
+    download, its folder's checkpoint, a copy) has one digest."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        digest.update(name.encode())
+        values = tensor.detach().cpu()
+        values = values.float() if values.is_floating_point() else values  # numpy lacks bf16
+        digest.update(values.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def check_members(models: Sequence[TrainedModel]) -> list[list[int]]:
@@ -95,6 +122,12 @@ def check_members(models: Sequence[TrainedModel]) -> list[list[int]]:
         raise ConfigError(f"an ensemble needs at least two members; got {len(models)}")
     first = models[0]
     names, wanted = list(first.class_names), _spec_without_classes(first.input)
+    digests = [weights_digest(m.net) for m in models]
+    twice = sorted({str(m.checkpoint) for m, d in zip(models, digests, strict=True)
+                    if digests.count(d) > 1})
+    if twice:
+        raise ConfigError(f"ensemble members: the same model more than once ({', '.join(twice)});"
+                          " each model counts once in an ensemble")
     index = []
     for model in models:
         if sorted(model.class_names) != sorted(names):

@@ -63,12 +63,17 @@ def _check_validation_samples(datamodule: object, members: Sequence[Member], fol
     folder's split.csv), or the estimate would score records a member trained on."""
     frame = datamodule.sample_frame("val")
     if frame is None:
-        return
+        raise ConfigError(f"fold {fold}: the data gives no sample ids, so the validation "
+                          "samples cannot be checked against those the members were "
+                          "validated on; no CV estimate is made for it")
     now = set(frame["sample_id"].astype(str))
     for member in members:
         saved = member.checkpoint.parent.parent / "split.csv"
-        if not saved.is_file():
-            continue
+        columns = (pd.read_csv(saved, nrows=0).columns if saved.is_file() else [])
+        if not {"split", "sample_id"} <= set(columns):
+            raise ConfigError(f"fold {fold}: {saved} (the split {member.source} was fit on, "
+                              "with sample ids) is missing; expected the fold folder of "
+                              "python -m ecg_experiments.train")
         split = pd.read_csv(saved, usecols=["split", "sample_id"])
         then = set(split.loc[split["split"] == "val", "sample_id"].astype(str))
         if then != now:

@@ -12,17 +12,20 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from ecg_experiments.errors import ConfigError
-from ecg_experiments.io import sha256_file
 from ecg_experiments.models.checkpoint import checkpoint_from_run
 from ecg_experiments.runs.fits import FitFolder
-from ecg_experiments.tracking import local_store_exists, run_id_in
+from ecg_experiments.tracking import check_server, is_remote, local_store_exists, run_id_in
 
+log = logging.getLogger(__name__)
 SEED_DIR = re.compile(r"seed(-?\d+)$")
 FOLD_DIR = re.compile(r"fold(\d+)$")
 
@@ -57,6 +60,33 @@ def _numbered(folder: Path, pattern: re.Pattern) -> list[Path]:
     return [p for _, p in sorted(found, key=lambda pair: pair[0])]
 
 
+def _expected(folder: Path, config_file: str, key: str, prefix: str) -> list[str] | None:
+    """The fit folders a driver's saved config promises (`seed<s>` of `repeat.seeds`,
+    `fold<k>` of `cv.folds`), or None where no such config was saved."""
+    saved = folder / config_file
+    if not saved.is_file():
+        return None
+    cfg = OmegaConf.load(saved)
+    if key == "repeat.seeds":
+        from ecg_experiments.runs.repeats import check_repeats
+
+        return [f"{prefix}{s}" for s in check_repeats(cfg)]
+    folds = OmegaConf.select(cfg, key)
+    return [f"{prefix}{k}" for k in range(int(folds))] if folds else None
+
+
+def _complete(folder: Path, found: list[Path], config_file: str, key: str,
+              prefix: str) -> list[Path]:
+    """`found` when it holds every fit the driver's config promises, else a ConfigError
+    naming the missing ones (a run still going, or stopped: a smaller ensemble otherwise)."""
+    expected = _expected(folder, config_file, key, prefix)
+    missing = sorted(set(expected or []) - {p.name for p in found})
+    if missing:
+        raise ConfigError(f"members: {folder} is missing {', '.join(missing)} of its {key}="
+                          f"{len(expected)}; finish the run (train ... resume=true) first")
+    return found
+
+
 def _finished(fit: Path) -> Path:
     if FitFolder(fit).finished() is None:
         raise ConfigError(f"{fit}: this fit has not finished (no fitted.json); finish it "
@@ -72,11 +102,14 @@ def repeated_cv(folder: Path) -> dict[int, list[Member]] | None:
     if not folder.is_dir():
         return None
     seeds = _numbered(folder, SEED_DIR)
-    if not seeds or not all(_numbered(seed, FOLD_DIR) for seed in seeds):
+    if not seeds or not any((seed / "cv_config.yaml").is_file() or _numbered(seed, FOLD_DIR)
+                            for seed in seeds):
         return None
+    seeds = _complete(folder, seeds, "repeat_config.yaml", "repeat.seeds", "seed")
     folds: dict[int, list[Member]] = {}
     for seed in seeds:
-        for fold in _numbered(seed, FOLD_DIR):
+        fits = _complete(seed, _numbered(seed, FOLD_DIR), "cv_config.yaml", "cv.folds", "fold")
+        for fold in fits:
             k = int(FOLD_DIR.match(fold.name).group(1))
             folds.setdefault(k, []).append(
                 Member(f"{seed.name}/{fold.name}", kept_checkpoint(_finished(fold))))
@@ -97,10 +130,15 @@ def _finished_run(folder: Path, tracking_uri: str) -> Path:
     run_id = run_id_in(folder)
     if run_id is None or local_store_exists(tracking_uri) is False:
         return folder
+    if is_remote(tracking_uri):
+        check_server(tracking_uri)  # fail fast, not after MLflow's minutes of retries
     try:
         status = mlflow.MlflowClient(tracking_uri).get_run(run_id).info.status
-    except MlflowException:  # another store's run: its folder is all there is
-        return folder
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise ConfigError(f"members: {folder}: its run {run_id} could not be read from "
+                              f"{tracking_uri} ({err.error_code})") from err
+        return folder  # another store's run: its folder is all there is
     if status != "FINISHED":
         raise ConfigError(f"members: {folder}: its run {run_id} is {status}, not FINISHED; "
                           "finish it (train ... resume=true) or leave it out")
@@ -111,21 +149,26 @@ def folder_members(folder: Path, tracking_uri: str) -> list[Member]:
     """The models of a fit's folder or of a driver's (seeds or folds)."""
     if (folder / "checkpoints").is_dir():
         return [Member(str(folder), kept_checkpoint(_finished_run(folder, tracking_uri)))]
-    fits = _numbered(folder, SEED_DIR) or _numbered(folder, FOLD_DIR)
+    seeds = _numbered(folder, SEED_DIR)
+    fits = (_complete(folder, seeds, "repeat_config.yaml", "repeat.seeds", "seed") if seeds
+            else _complete(folder, _numbered(folder, FOLD_DIR), "cv_config.yaml", "cv.folds",
+                           "fold"))
     if not fits:
         raise ConfigError(f"members: {folder} holds no checkpoints/, seed<s>/ or fold<k>/ "
                           "folder; expected a run folder of python -m ecg_experiments.train")
     members = []
     for fit in fits:
         if _numbered(fit, FOLD_DIR):
-            raise ConfigError(f"members: {folder} is a repeated cross-validation; its folds "
-                              "are ensembled fold by fold when it is the only member given")
+            raise ConfigError(f"members: {folder} is a repeated cross-validation: name it alone "
+                              "(members=<its folder>) for its CV estimate, fold by fold")
         members.append(Member(f"{folder.name}/{fit.name}", kept_checkpoint(_finished(fit))))
     return members
 
 
-def run_members(run_id: str, tracking_uri: str) -> list[Member]:
-    """The model a run logged, or its child runs' models (a parent run)."""
+def run_members(run_id: str, tracking_uri: str, download_dir: Path) -> list[Member]:
+    """The model a run logged, or its child runs' models (a parent run): every seed of a
+    `repeat.seeds` parent or none; the finished trials with a model of another parent (a
+    sweep), the others named in the log."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -135,8 +178,11 @@ def run_members(run_id: str, tracking_uri: str) -> list[Member]:
     except MlflowException as err:
         raise ConfigError(f"members: {run_id} is no checkpoint file, run folder or MLflow "
                           f"run in {tracking_uri}") from err
+    def download(rid: str) -> Path:
+        return checkpoint_from_run(rid, tracking_uri, str(download_dir / rid))
+
     if run.data.tags.get("model.checkpoint"):
-        return [Member(run_id, checkpoint_from_run(run_id, tracking_uri))]
+        return [Member(run_id, download(run_id))]
     children = client.search_runs([run.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{run_id}'",
                                   order_by=["attributes.start_time ASC"])
@@ -152,18 +198,23 @@ def run_members(run_id: str, tracking_uri: str) -> list[Member]:
              for c in children
              if c.info.status != "FINISHED" or not c.data.tags.get("model.checkpoint")]
     seeds = run.data.tags.get("repeat.seeds")
-    if short or (seeds and len(seeds.split(",")) != len(children)):
+    if seeds and (short or len(seeds.split(",")) != len(children)):
         raise ConfigError(
-            f"members: run {run_id} has {len(children)} child runs"
-            + (f" for repeat.seeds={seeds}" if seeds else "")
+            f"members: run {run_id} has {len(children)} child runs for repeat.seeds={seeds}"
             + (f"; not finished with a model: {', '.join(short)}" if short else "")
             + "; finish them (train ... resume=true) or name the finished ones by run id")
-    return [Member(c.info.run_id, checkpoint_from_run(c.info.run_id, tracking_uri))
-            for c in children]
+    if short:  # a sweep: its pruned or failed trials are not models
+        log.warning("members: run %s: %d of %d child runs left out (not finished with a "
+                    "model): %s", run_id, len(short), len(children), ", ".join(short))
+    return [Member(c.info.run_id, download(c.info.run_id)) for c in children
+            if c.info.status == "FINISHED" and c.data.tags.get("model.checkpoint")]
 
 
-def resolve_members(entries: Sequence[str], tracking_uri: str) -> list[Member]:
-    """Every member named by `entries` (files, folders, run ids), in the order given."""
+def resolve_members(entries: Sequence[str], tracking_uri: str,
+                    download_dir: Path) -> list[Member]:
+    """Every member named by `entries` (files, folders, run ids), in the order given; a run's
+    checkpoint is downloaded under `download_dir/<run id>`. The same model named twice is
+    refused once the models are loaded (models/ensemble.py: by their weights)."""
     members: list[Member] = []
     for entry in entries:
         path = Path(str(entry))
@@ -174,12 +225,5 @@ def resolve_members(entries: Sequence[str], tracking_uri: str) -> list[Member]:
         elif path.suffix in (".ckpt", ".pt", ".pth") or "/" in str(entry):
             raise ConfigError(f"members: {entry}: no such checkpoint file or folder")
         else:
-            members.extend(run_members(str(entry), tracking_uri))
-    # by content: a run id's download, its folder and its file are the same model
-    digests = [sha256_file(m.checkpoint) for m in members]
-    twice = sorted({m.source for m, d in zip(members, digests, strict=True)
-                    if digests.count(d) > 1})
-    if twice:
-        raise ConfigError(f"members: the same model named more than once ({', '.join(twice)}); "
-                          "each model counts once in an ensemble")
+            members.extend(run_members(str(entry), tracking_uri, download_dir))
     return members

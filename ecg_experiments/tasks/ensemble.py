@@ -51,7 +51,8 @@ def ensemble(cfg: DictConfig) -> dict[str, float]:
                               "on a test split; ensemble the final fits to test (members=[<the "
                               "parent run of their repeat.seeds>])")
         return ensemble_cross_validation(cfg, Path(entries[0]), folds)
-    return ensemble_model(cfg, resolve_members(entries, cfg.paths.tracking_uri))
+    return ensemble_model(cfg, resolve_members(entries, cfg.paths.tracking_uri,
+                                               Path(cfg.paths.run_dir) / "members"))
 
 
 def _logger(cfg: DictConfig, name: str, tags: dict[str, str]) -> object | None:

@@ -90,9 +90,28 @@ def data_for_model(cfg: DictConfig, model: TrainedModel,
             for key in ("image_size", "channels", "mean", "std"):
                 if key in data:
                     data[key] = given_spec[key]
+            draw_as_trained(data, model)
         else:
             _cut_beats_as_trained(data, model)
     return data
+
+
+def draw_as_trained(data: DictConfig, model: TrainedModel) -> None:
+    """Beats drawn as images for a model trained on drawn beats are drawn as it was trained
+    (its renderer and beat recipe): the image size alone does not say how they were drawn."""
+    trained = (model.config.get("data") or {}).get("source")
+    given = data.get("source")
+    if not trained or not given:
+        return
+    for key in ("renderer", "beats.recipe"):
+        theirs, ours = OmegaConf.select(trained, key), OmegaConf.select(given, key)
+        if theirs is None or ours is None:
+            continue
+        theirs = OmegaConf.to_container(theirs, resolve=True)
+        if OmegaConf.to_container(ours, resolve=True) != theirs:
+            log.info("data.source.%s: the model's (%s) replaces the given one", key,
+                     theirs.get("_target_", "").rsplit(".", 1)[-1])
+            OmegaConf.update(given, key, theirs, force_add=True)
 
 
 def _cut_beats_as_trained(data: DictConfig, model: TrainedModel) -> None:
