@@ -5,7 +5,8 @@ TorchScript, parity-checked) → init_from into a new run.
 
 A new model or data option joins by adding one row to MODELS (the R-R rows read
 `data=physionet` with two databases at once; `data=mitbih` is its preset). A signal model with R-R
-features and cnn2d run in the default suite; the other rows are `slow` (`make test-all`).
+features and cnn2d (bf16, channels-last) run in the default suite; the other rows are `slow`
+(`make test-all`).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ MODELS = [
     pytest.param("resnet1d", ["model.net.widths=[16,32,64]"], "rr", id="resnet1d+rr"),
     pytest.param("inception1d", ["model.net.depth=3"], "rr", id="inception1d+rr",
                  marks=pytest.mark.slow),
-    pytest.param("cnn2d", [], "image", id="cnn2d"),
+    # cnn2d in float32 is in `make test-all`; its bf16 + channels-last row below runs by default
+    pytest.param("cnn2d", [], "image", id="cnn2d", marks=pytest.mark.slow),
     # mixed precision (bf16 on this CPU, float32 where it has none) and channels-last
     pytest.param("cnn2d", ["trainer.precision=bf16-mixed", "model.channels_last=true"],
                  "image", id="cnn2d+bf16+channels_last"),

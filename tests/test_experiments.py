@@ -30,7 +30,8 @@ def test_the_seed_studies_are_all_there() -> None:
 
 
 # AlexNet at 227 px and Inception v3 at 299 px take ~20-30 s each on 2 cores: `-m slow`
-SLOW = {"alexnet_spectrogram", "inception_ecg_images"}
+# accuracy_interpatient is crossdb without also_test: crossdb's row covers it by default
+SLOW = {"alexnet_spectrogram", "inception_ecg_images", "accuracy_interpatient"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n

@@ -78,10 +78,11 @@ def _option(option: str, small_csv: Path, image_root: Path) -> tuple[str, list[s
 
 
 # the images drawn from records (spectrogram, scalogram, beat_images) share one split table
-# with image_folder and mitbih: they run with `make test-all`
+# with image_folder and mitbih, and mitbih is physionet's mitdb preset: they run with
+# `make test-all`
 @pytest.mark.parametrize("option", [
-    "mitbih", "physionet", "beats_csv", "image_folder",
-    *(pytest.param(o, marks=pytest.mark.slow) for o in ("spectrogram", "scalogram",
+    "physionet", "beats_csv", "image_folder",
+    *(pytest.param(o, marks=pytest.mark.slow) for o in ("mitbih", "spectrogram", "scalogram",
                                                          "beat_images"))])
 def test_evaluate_on_its_own_data_option_scores_its_own_test_split(
         option, compose_train, small_csv, image_root, tmp_path) -> None:
