@@ -24,6 +24,7 @@ from ecg_experiments.evaluation.seen import SeenSamples
 from ecg_experiments.inputs import InputSpec
 from ecg_experiments.io import atomic_path
 from ecg_experiments.models.checkpoint import ENSEMBLE_KEY, TrainedModel
+from ecg_experiments.models.classifier import ClassifierModule
 
 
 class EnsembleNet(nn.Module):
@@ -51,12 +52,6 @@ class EnsembleNet(nn.Module):
         if not self.permuted:
             return logits
         return logits.index_select(-1, getattr(self, f"class_index{k}"))
-
-    def member_target(self, k: int, targets: torch.Tensor) -> torch.Tensor:
-        """The ensemble's class indices as member k's output indices (for attributions)."""
-        if not self.permuted:
-            return targets
-        return getattr(self, f"class_index{k}").to(targets.device)[targets]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probabilities = torch.stack([
@@ -128,6 +123,7 @@ def check_members(models: Sequence[TrainedModel]) -> list[list[int]]:
     if twice:
         raise ConfigError(f"ensemble members: the same model more than once ({', '.join(twice)});"
                           " each model counts once in an ensemble")
+    first_made = _input_making(first)
     index = []
     for model in models:
         if sorted(model.class_names) != sorted(names):
@@ -147,7 +143,7 @@ def check_members(models: Sequence[TrainedModel]) -> list[list[int]]:
             raise ConfigError(f"ensemble member {model.checkpoint} is itself an ensemble (of "
                               f"{len(model.net.members)}); name its members instead, so each "
                               "model counts once")
-        made, first_made = _input_making(model), _input_making(first)
+        made = _input_making(model)
         differ = [] if made is None or first_made is None else sorted(
             k for k in INPUT_MAKING if made[k] != first_made[k])
         if differ:
@@ -215,19 +211,15 @@ def build_ensemble(models: Sequence[TrainedModel], sources: Sequence[str],
 
 
 def save_ensemble(model: TrainedModel) -> Path:
-    """Write the ensemble as an ecg-experiments checkpoint (whole or not at all)."""
-    state = {f"net.{k}": v.detach().cpu().float() if v.is_floating_point() else v.cpu()
-             for k, v in model.net.state_dict().items()}
-    payload = {
-        "state_dict": state,
-        "ecg_config": OmegaConf.to_container(model.config, resolve=True),
-        "ecg_class_names": list(model.class_names),
-        "ecg_history": [],
-        "ecg_input": model.input.to_dict(),
-        ENSEMBLE_KEY: list(model.config.ensemble.members),
-    }
-    if model.seen is not None:
-        payload["ecg_seen"] = model.seen.to_checkpoint()
+    """Write the ensemble as an ecg-experiments checkpoint (whole or not at all), with the
+    entries a trained model's checkpoint carries (`ClassifierModule.on_save_checkpoint`)."""
+    module = ClassifierModule(model.net, model.class_names,
+                              config=OmegaConf.to_container(model.config, resolve=True),
+                              input_spec=model.input, seen=model.seen)
+    payload = {"state_dict": {k: v for k, v in module.state_dict().items()
+                              if k.startswith("net.")},
+               ENSEMBLE_KEY: list(model.config.ensemble.members)}
+    module.on_save_checkpoint(payload)
     model.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(model.checkpoint) as tmp:
         torch.save(payload, tmp)

@@ -30,6 +30,7 @@ from ecg_experiments.evaluation.metrics import classification_metrics
 from ecg_experiments.inputs import RemapLabels, match_classes
 from ecg_experiments.models.checkpoint import TrainedModel, load_trained_model
 from ecg_experiments.models.ensemble import check_members
+from ecg_experiments.runs.fits import FitFolder
 from ecg_experiments.runs.members import Member
 
 log = logging.getLogger(__name__)
@@ -68,20 +69,20 @@ def _check_validation_samples(datamodule: object, members: Sequence[Member], fol
                           "validated on; no CV estimate is made for it")
     now = set(frame["sample_id"].astype(str))
     for member in members:
-        saved = member.checkpoint.parent.parent / "split.csv"
-        columns = (pd.read_csv(saved, nrows=0).columns if saved.is_file() else [])
-        if not {"split", "sample_id"} <= set(columns):
-            raise ConfigError(f"fold {fold}: {saved} (the split {member.source} was fit on, "
-                              "with sample ids) is missing; expected the fold folder of "
-                              "python -m ecg_experiments.train")
-        split = pd.read_csv(saved, usecols=["split", "sample_id"])
+        folder = member.checkpoint.parent.parent
+        fitted = FitFolder(folder).finished()
+        split = fitted.split if fitted is not None else None
+        if split is None or not {"split", "sample_id"} <= set(split.columns):
+            raise ConfigError(f"fold {fold}: {folder / 'split.csv'} (the split {member.source} "
+                              "was fit on, with sample ids) is missing; expected the fold "
+                              "folder of python -m ecg_experiments.train")
         then = set(split.loc[split["split"] == "val", "sample_id"].astype(str))
         if then != now:
             raise ConfigError(
                 f"fold {fold}: the validation samples rebuilt now ({len(now):,}) are not those "
-                f"{member.source} was validated on ({len(then):,}, {saved}): has the data "
-                "changed since (records added, files replaced)? Its CV estimate would score "
-                "samples a member trained on")
+                f"{member.source} was validated on ({len(then):,}, {folder}/split.csv): has "
+                "the data changed since (records added, files replaced)? Its CV estimate "
+                "would score samples a member trained on")
 
 
 def _probabilities(net: torch.nn.Module, loader: DataLoader) -> tuple[torch.Tensor,
