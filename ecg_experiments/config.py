@@ -52,6 +52,11 @@ def _rr_count(on: Any, context: Any = 0, template: Any = False, rhythm: Any = 0)
     return len(rr_feature_names(int(context or 0), bool(template), int(rhythm or 0))) if on else 0
 
 
+def _channel_count(channels: Any = None) -> int:
+    """Channels of a beat: one per lead of `data.channels`, else one."""
+    return len(channels) if channels else 1
+
+
 def run_name(overrides: str = "") -> str:
     """A run folder's name under outputs/runs: `DATE/TIME`, or in a Slurm job
     `slurm-<job id>[_<array task>]-<hash of the command's overrides>`, the same name when
@@ -69,12 +74,14 @@ def run_name(overrides: str = "") -> str:
 
 def register_resolvers() -> None:
     """Register `${ecg.root:}`, `${ecg.window_length:b,a,rate}`, `${ecg.rr_count:on}`,
+    `${ecg.channels:data.channels}`,
     `${ecg.timm:name,key}`, `${ecg.run_name:overrides}` and `${len:...}` (idempotent). Each
     imports what it needs when a config is resolved, so that composing one stays fast."""
     resolvers = {
         "ecg.root": project_root,
         "ecg.window_length": _window_length,
         "ecg.rr_count": _rr_count,
+        "ecg.channels": _channel_count,
         "ecg.timm": timm_data_config,
         "ecg.run_name": run_name,
         # None while the classes come from the data

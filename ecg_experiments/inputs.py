@@ -26,7 +26,8 @@ class InputSpec:
     """A model's input: kind, class names and the per-kind shape facts.
 
     signal: `signal_length` samples at `rate` Hz, then `features` (named values per beat,
-    e.g. R-R intervals) appended on the same channel: shape [1, signal_length + features].
+    e.g. R-R intervals) appended on every channel: shape [channels, signal_length +
+    features], one channel per lead of `leads` (one unnamed channel when empty).
     image: `channels` x `image_size` x `image_size`, normalised with `mean` / `std`.
     """
 
@@ -39,11 +40,13 @@ class InputSpec:
     channels: int | None = None
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
+    # signal: the lead of each channel as configured (`data.channels`); () = one lead
+    leads: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"input kind {self.kind!r}: expected one of {', '.join(KINDS)}")
-        for name in ("class_names", "features", "mean", "std"):
+        for name in ("class_names", "features", "mean", "std", "leads"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
@@ -51,16 +54,23 @@ class InputSpec:
         return len(self.features)
 
     @property
+    def signal_channels(self) -> int:
+        """Channels of a beat: one per lead of `leads`, else one."""
+        return max(1, len(self.leads))
+
+    @property
     def shape(self) -> tuple[int, ...]:
         """The shape of one input sample (without the batch dimension)."""
         if self.kind == "signal":
-            return (1, int(self.signal_length or 0) + self.num_features)
+            return (self.signal_channels, int(self.signal_length or 0) + self.num_features)
         return (int(self.channels or 3), int(self.image_size or 0), int(self.image_size or 0))
 
     def describe(self) -> str:
         """A short human description, e.g. '187 samples at 125 Hz + 7 R-R features'."""
         if self.kind == "signal":
             text = f"{self.signal_length}-sample beats"
+            if self.leads:
+                text += f" of leads {'+'.join(self.leads)}"
             if self.rate:
                 text += f" at {self.rate:g} Hz"
             if self.features:
@@ -86,6 +96,9 @@ class InputSpec:
                 problems.append(f"{data.signal_length}-sample beats, not {self.signal_length}")
             if self.rate and data.rate and abs(float(data.rate) - float(self.rate)) > 1e-6:
                 problems.append(f"beats at {data.rate:g} Hz, not {self.rate:g} Hz")
+            if data.leads != self.leads:
+                problems.append(f"leads [{', '.join(data.leads) or 'one lead'}] instead of "
+                                f"[{', '.join(self.leads) or 'one lead'}]")
             if data.features != self.features:
                 problems.append(f"features [{', '.join(data.features)}] instead of "
                                 f"[{', '.join(self.features)}]")
@@ -101,9 +114,10 @@ class InputSpec:
 
 def split_features(x: torch.Tensor, num_features: int) -> tuple[torch.Tensor,
                                                                  torch.Tensor | None]:
-    """Beats [batch, 1, length + num_features] → (signal [batch, 1, length], features
-    [batch, num_features] or None). One tensor keeps export, predict and MLflow signatures
-    simple; everything that treats the signal as a waveform splits the features off first."""
+    """Beats [batch, channels, length + num_features] → (signal [batch, channels, length],
+    features [batch, num_features] or None). One tensor keeps export, predict and MLflow
+    signatures simple; everything that treats the signal as a waveform splits the features
+    off first. Every channel carries the same features; those of the first are read."""
     if num_features == 0:
         return x, None
     return x[..., :-num_features], x[:, 0, -num_features:]
@@ -117,7 +131,8 @@ def on_signal(x: torch.Tensor, num_features: int,
     out = transform(signal)
     if features is None:
         return out
-    return torch.cat([out, features.unsqueeze(1).to(out.dtype)], dim=-1)
+    copies = features.unsqueeze(1).expand(-1, out.shape[1], -1)
+    return torch.cat([out, copies.to(out.dtype)], dim=-1)
 
 
 def match_classes(

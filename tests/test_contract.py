@@ -4,9 +4,9 @@ and on data given explicitly, image classes in another order) → predict → ex
 TorchScript, parity-checked) → init_from into a new run.
 
 A new model or data option joins by adding one row to MODELS (the R-R rows read
-`data=physionet` with two databases at once; `data=mitbih` is its preset). A signal model with R-R
-features and cnn2d (bf16, channels-last) run in the default suite; the other rows are `slow`
-(`make test-all`).
+`data=physionet` with two databases at once; `data=mitbih` is its preset). A signal model
+with R-R features on two leads and cnn2d (bf16, channels-last) run in the default suite; the
+other rows are `slow` (`make test-all`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 
 from ecg_experiments.data.beats import read_beats_csv, write_beats_csv
 from ecg_experiments.data.render import WaveformRenderer, write_images
-from ecg_experiments.errors import ConfigError
+from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.models.checkpoint import checkpoint_from_run, load_trained_model
 from ecg_experiments.tasks.evaluate import evaluate
 from ecg_experiments.tasks.explain import explain
@@ -42,10 +42,12 @@ def _data(kind: str, inputs: dict[str, Path]) -> list[str]:
 def _data_option(kind: str, inputs: dict[str, Path]) -> list[str]:
     if kind == "csv":
         return ["data=beats_csv", f"data.train_file={inputs['csv']}", "data.batch_size=32"]
-    if kind == "rr":  # two databases at once (mitdb 360 Hz MLII, svdb 128 Hz ECG1), with
-        # the R-R sequence, rhythm and template features (7 + 2 + 3 + 2 per beat), beats relative to
-        # the record's median beat
-        return ["data=physionet", "data/recipe=centered", "data.rr_features=true",
+    if kind in ("rr", "rr2"):  # two databases at once (mitdb 360 Hz MLII, svdb 128 Hz
+        # ECG1), with the R-R sequence, rhythm and template features (7 + 2 + 3 + 2 per beat),
+        # beats relative to the record's median beat; rr2: two leads per beat (MLII and V1;
+        # mitdb 100's V5 and svdb's ECG1 / ECG2 take their place where a record lacks them)
+        leads = ["data.channels=[MLII,V1]"] if kind == "rr2" else []
+        return ["data=physionet", *leads, "data/recipe=centered", "data.rr_features=true",
                 "data.recipe.rr_context=1", "data.recipe.rhythm_beats=8",
                 "data.recipe.template_features=true",
                 "data.recipe.subtract_template=true",
@@ -65,7 +67,7 @@ MODELS = [
                  marks=pytest.mark.slow),
     pytest.param("inception1d", ["model.net.depth=3"], "csv", id="inception1d",
                  marks=pytest.mark.slow),
-    pytest.param("resnet1d", ["model.net.widths=[16,32,64]"], "rr", id="resnet1d+rr"),
+    pytest.param("resnet1d", ["model.net.widths=[16,32,64]"], "rr2", id="resnet1d+rr+2leads"),
     pytest.param("inception1d", ["model.net.depth=3"], "rr", id="inception1d+rr",
                  marks=pytest.mark.slow),
     # cnn2d in float32 is in `make test-all`; its bf16 + channels-last row below runs by default
@@ -127,13 +129,15 @@ def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_p
     trained = load_trained_model(ckpt)
     spec = trained.input
     size = trained.config.model.get("input_size")
-    expected_shape = {"csv": (1, 187), "rr": (1, 252 + 14), "image": (3, size, size)}[kind]
+    expected_shape = {"csv": (1, 187), "rr": (1, 252 + 14), "rr2": (2, 252 + 14),
+                      "image": (3, size, size)}[kind]
     assert spec.shape == expected_shape
     classes = list(IMAGE_ORDER) if kind == "image" else list("NSVFQ")
     assert trained.class_names == list(spec.class_names) == classes
     report = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "report")}
     # signal models: the mean attribution per class over the test beats (Captum)
     assert ("mean_attribution.png" in report) == (kind != "image")
+    assert ("mean_attribution_V1.png" in report) == (kind == "rr2")  # a figure per lead
 
     # 2. evaluate by run id and by checkpoint: the same numbers as training's test
     evaluation = ["report.bootstrap_rounds=0", "logger=none"]
@@ -158,15 +162,23 @@ def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_p
                                                       *explicit, *seen], "eval"))
     assert given["test/acc"] == pytest.approx(own["test/acc"])
     assert _per_class(given, classes) == pytest.approx(_per_class(own, classes))
+    if kind == "rr2":  # beats are cut with the model's leads, whatever the data option says
+        one_lead = evaluate(compose_config(tmp_path / "e5", [
+            f"ckpt={ckpt}", "holdout=all", *explicit, "data.channels=null", *seen], "eval"))
+        assert one_lead["test/acc"] == pytest.approx(own["test/acc"])
 
     # 4. predict: a CSV, a raw record of another database (R-R models) or an image folder
     source = {"csv": inputs["csv"], "rr": inputs["svdb"] / "800.hea",
-              "image": inputs["images"]}[kind]
+              "rr2": inputs["svdb"] / "800.hea", "image": inputs["images"]}[kind]
     frame = predict(compose_config(tmp_path / "p", [f"ckpt={ckpt}", f"input={source}",
                                                     "allow_seen=true"], "predict"))
+    if kind == "rr2":  # a CSV row holds one lead
+        with pytest.raises(DataError, match="a beats CSV row holds one lead"):
+            predict(compose_config(tmp_path / "p2", [f"ckpt={ckpt}", f"input={inputs['csv']}"],
+                                   "predict"))
     probs = frame[[f"prob_{c}" for c in classes]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    if kind == "rr":
+    if kind.startswith("rr"):
         assert len(frame) > 1500 and set(frame["true"]) <= {"N", "S", "V", "F"}
     else:  # the whole CSV / folder: agreement with the truth = evaluate's accuracy on it
         assert (frame["true"] == frame["predicted"]).mean() == pytest.approx(own["test/acc"])
@@ -178,6 +190,10 @@ def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_p
     assert list(table["position"]) == [0, 1]
     assert list(table["predicted"]) == list(frame["predicted"][:2])
     assert all(Path(f).is_file() and Path(f).stat().st_size > 5000 for f in table["figure"])
+    if kind == "rr2":  # each lead's share of the attribution
+        shares = table[["attribution_share_MLII", "attribution_share_V1"]]
+        np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=1e-6)
+        assert (shares > 0).all().all()
 
     # 5. export, both formats, parity-checked on inputs of the stored shape
     for fmt in ("onnx", "torchscript"):
@@ -186,7 +202,7 @@ def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_p
             "export"))
         assert_export_matches_checkpoint(path, fmt, ckpt)  # the written file, read back
     # the R-R row's beats are relative to their record: the export says how to feed it
-    assert ("subtract_template=true" in capsys.readouterr().out) == (kind == "rr")
+    assert ("subtract_template=true" in capsys.readouterr().out) == kind.startswith("rr")
     import onnxruntime  # the written file alone (no external data left behind) takes the input
 
     session = onnxruntime.InferenceSession(str(tmp_path / "x-onnx" / "run" / "model.onnx"))
@@ -207,7 +223,7 @@ def test_every_step_a_trained_model_meets(model, model_args, kind, inputs, tmp_p
 # PNG files in test_image_training.py; export and init_from see only the model and its input
 # spec, as for image folders); image models refuse signal data and the reverse before any
 # work (test_image_training.py::test_signal_and_image_parts_do_not_mix)
-DATA_KINDS = {"beats_csv": "csv", "physionet": "rr", "mitbih": "rr", "image_folder": "image",
+DATA_KINDS = {"beats_csv": "csv", "physionet": "rr2", "mitbih": "rr", "image_folder": "image",
               "spectrogram": "image", "scalogram": "image", "beat_images": "image"}
 
 
@@ -228,4 +244,4 @@ def test_matrix_rows_cover_every_model_option() -> None:
     options = {p.stem for p in (CONFIG_DIR / "model").glob("*.yaml")}
     assert {p.values[0] for p in MODELS} == options
     kinds = pd.Series({p.id: p.values[2] for p in MODELS})
-    assert set(kinds) == {"csv", "rr", "image"}
+    assert set(kinds) == {"csv", "rr", "rr2", "image"}

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ecg_experiments.data.leads import Channels, channel_entries, channel_names
 from ecg_experiments.data.physionet import (
     AAMI_CLASSES,
     Database,
@@ -26,7 +27,7 @@ from ecg_experiments.data.physionet import (
     read_record,
     verify_checksums,
 )
-from ecg_experiments.data.segment import Beats, CenteredRecipe, KachueeRecipe
+from ecg_experiments.data.segment import Beats, CenteredRecipe, KachueeRecipe, cut_beats
 from ecg_experiments.errors import DataError
 from ecg_experiments.io import atomic_path
 from ecg_experiments.progress import track
@@ -97,11 +98,13 @@ def prepare_database(
     missing_lead: str = "skip",
     download: bool = True,
     progress: bool = True,
+    channels: Channels | None = None,
 ) -> Path:
     """Turn the raw records of one database into a beat table; return its folder.
 
     Each record is read at its own rate (from its header) with the first lead of `leads`
-    (default: the database's preference) it has, and resampled by the recipe. The folder
+    (default: the database's preference) it has, or with one lead per channel of `channels`
+    (beats [n, channels, length]; data/leads.py), and resampled by the recipe. The folder
     `<prepared_root>/<database>-<recipe>-<key>` holds beats.npz, summary.csv and
     manifest.json (the config, the lead and rate of every record, the SHA-256 of every
     input file, and per record the annotations left out because the AAMI map does not cover
@@ -130,6 +133,8 @@ def prepare_database(
         "records": records,
         "leads": leads,
         "missing_lead": missing_lead,
+        # only when set: the key of one-lead tables made before stays what it was
+        **({"channels": channel_entries(channels)} if channels else {}),
     }
     target = Path(prepared_root) / f"{database.name}-{recipe.name}-{manifest_key(config)}"
     directory = ensure_database(directory, database, records, download=download)
@@ -148,18 +153,20 @@ def prepare_database(
     description = f"preparing {database.name}"
     iterator = track(records, description, len(records), "records") if progress else records
     for name in iterator:
-        record = read_record(directory, name, lead=leads, missing_lead=missing_lead)
+        record = read_record(directory, name, lead=leads, missing_lead=missing_lead,
+                             channels=channels)
         if record is None:
             skipped.append(name)
             continue
         used[name] = {"lead": record.lead, "fs": record.fs}
         unmapped[name] = dict(record.unmapped)
-        beats = recipe.extract(record)
+        beats = cut_beats(recipe, record)
         parts.append(beats)
         names.append(np.full(len(beats.labels), record_id(database.name, name)))
     if not parts:
-        raise DataError(f"{directory}: no {database.name} record had a {'/'.join(leads)} "
-                        "lead; nothing to prepare (set data.leads or data.missing_lead=first)")
+        wanted = "+".join(channel_names(channels)) if channels else "/".join(leads)
+        raise DataError(f"{directory}: no {database.name} record had a {wanted} lead; nothing "
+                        "to prepare (set data.leads, data.channels or data.missing_lead=first)")
     table = BeatTable(
         records=np.concatenate(names),
         beats=Beats(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])

@@ -194,6 +194,7 @@ class BeatsDataModuleBase(ClassDataModule):
     signal_length: int
     rate: float
     feature_names: tuple[str, ...] = ()
+    lead_names: tuple[str, ...] = ()  # one per channel of a several-lead beat
 
     def __init__(
         self,
@@ -230,7 +231,7 @@ class BeatsDataModuleBase(ClassDataModule):
 
     def input_spec(self) -> InputSpec:
         return InputSpec("signal", tuple(self.class_names), signal_length=self.signal_length,
-                         rate=self.rate, features=self.feature_names)
+                         rate=self.rate, features=self.feature_names, leads=self.lead_names)
 
     def signals(self, split: str) -> torch.Tensor:
         """The beats [n, 1, length + features] of one split (after setup and balancing)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
+from ecg_experiments.data.leads import Channels, choose_channels, choose_lead
 from ecg_experiments.data.record_checks import (
     check_annotation_codes,
     check_annotation_file,
@@ -122,12 +123,12 @@ _BYTES_PER_SAMPLE = {"212": 1.5, "16": 2.0, "80": 1.0, "8": 1.0, "24": 3.0, "32"
 
 @dataclass(frozen=True)
 class Record:
-    """One lead of one record with its reference beat annotations."""
+    """One lead (or several) of one record with its reference beat annotations."""
 
     name: str
-    lead: str
+    lead: str  # the lead read, or the leads joined by "+" (MLII+V1)
     fs: float
-    signal: np.ndarray  # physical units (mV), float64 [samples]
+    signal: np.ndarray  # physical units (mV), float64 [samples] or [samples, channels]
     beat_samples: np.ndarray  # int64 sample index of each beat annotation
     beat_symbols: np.ndarray  # str symbol of each beat annotation
     # annotations left out because AAMI_MAP does not cover their symbol: {symbol: count}
@@ -309,8 +310,10 @@ def detect_beats(signal: np.ndarray, fs: float) -> np.ndarray:
 def read_record(
     directory: str | os.PathLike, name: str, lead: str | Sequence[str] = "MLII",
     missing_lead: str = "skip", require_annotations: bool = True,
+    channels: Channels | None = None,
 ) -> Record | None:
-    """Read one lead of a record and its beat annotations, at the record's own rate.
+    """Read one lead of a record (or one per channel of `channels`: a signal [samples,
+    channels], data/leads.py) and its beat annotations, at the record's own rate.
 
     `lead` is a lead name or a preference list (`["MLII", "ECG1", "II"]`): the first the
     record has is read. `missing_lead` says what to do when it has none of them: "skip"
@@ -337,42 +340,37 @@ def read_record(
     # a signal line without its (optional) description has no name
     channel_names = [str(n) if n else f"signal {k} (unnamed)"
                      for k, n in enumerate(header.sig_name or [])]
-    wanted = [lead] if isinstance(lead, str) else [str(x) for x in lead]
-    found = next((x for x in wanted if x in channel_names), None)
-    named = "/".join(wanted)
-    if found is not None:
-        channel = channel_names.index(found)
-    elif missing_lead == "first" and channel_names:
-        channel = 0
-        log.warning("record %s has no %s lead (%s): using %s", name, named,
-                    ", ".join(channel_names), channel_names[0])
-    elif missing_lead == "skip":
-        log.warning("record %s has no %s lead (%s): skipped", name, named,
-                    ", ".join(channel_names))
-        return None
+    if channels:
+        chosen = choose_channels(name, channel_names, channels, missing_lead)
     else:
-        raise DataError(
-            f"record {name} has no {named} lead (it has {', '.join(channel_names)}); set "
-            "data.leads to one of them, data.missing_lead to skip or first, or exclude the "
-            "record"
-        )
+        wanted = [lead] if isinstance(lead, str) else [str(x) for x in lead]
+        one = choose_lead(name, channel_names, wanted, missing_lead)
+        chosen = None if one is None else [one]
+    if chosen is None:
+        return None
     _check_dat_size(directory, header)
     atr = Path(f"{base}.atr")
     annotated = require_annotations or atr.is_file()
     if atr.is_file():  # a missing one is named by wfdb's reading below
         check_annotation_file(readable_file(atr, f"the annotations of record {name}"))
     try:
-        signal, fields = wfdb.rdsamp(base, channels=[channel])
+        signal, fields = wfdb.rdsamp(base, channels=chosen)
         annotation = wfdb.rdann(base, "atr") if annotated else None
     except FileNotFoundError as err:
         raise DataError(f"record {name}: {err.filename} is missing") from err
     except Exception as err:
         raise DataError(f"record {name}: cannot read it with wfdb ({err})") from err
-    signal = signal[:, 0].astype(np.float64)
-    check_signal(signal, header, Path(base).with_name(header.file_name[channel]))
+    signal = signal.astype(np.float64)
+    for column, channel in enumerate(chosen):
+        check_signal(signal[:, column], header,
+                     Path(base).with_name(header.file_name[channel]))
+    if not channels:
+        signal = signal[:, 0]
     if annotation is None:
-        log.info("record %s has no .atr annotations: detecting beats with XQRS", name)
-        samples = detect_beats(signal, float(fields["fs"]))
+        log.info("record %s has no .atr annotations: detecting beats with XQRS (lead %s)",
+                 name, channel_names[chosen[0]])
+        samples = detect_beats(signal if signal.ndim == 1 else signal[:, 0],
+                               float(fields["fs"]))
         symbols = np.full(len(samples), "?")
         unmapped: dict[str, int] = {}
     else:
@@ -387,7 +385,7 @@ def read_record(
         symbols, samples = symbols[is_beat], samples[is_beat]
     return Record(
         name=name,
-        lead=channel_names[channel],
+        lead="+".join(channel_names[k] for k in chosen),
         fs=float(fields["fs"]),
         signal=signal,
         beat_samples=samples,

@@ -29,6 +29,7 @@ from ecg_experiments.data.beat_table import (
 )
 from ecg_experiments.data.beats import BeatsDataModuleBase, write_beats_csv
 from ecg_experiments.data.identity import ALSO, beat_ids, distinct_row_ids
+from ecg_experiments.data.leads import MISSING_LEAD, Channels, channel_entries, channel_names
 from ecg_experiments.data.physionet import AAMI_CLASSES, get_database
 from ecg_experiments.data.record_splits import (
     SPLITS,
@@ -36,7 +37,7 @@ from ecg_experiments.data.record_splits import (
     cross_validation_parts,
     parse_records,
 )
-from ecg_experiments.data.segment import Beats, CenteredRecipe
+from ecg_experiments.data.segment import Beats, CenteredRecipe, with_features
 from ecg_experiments.data.splits import split_table
 from ecg_experiments.errors import ConfigError
 from ecg_experiments.io import atomic_path
@@ -75,7 +76,9 @@ class PhysionetDataModule(BeatsDataModuleBase):
     k-fold over the training pool (test unchanged). The split is saved beside the prepared
     data (split.csv, plus Kaggle-format mitbih_train.csv / mitbih_test.csv for the kachuee
     recipe). With `rr_features` (centered recipe) each beat carries its R-R features after
-    its samples, for models with `num_features` (resnet1d, inception1d).
+    its samples, for models with `num_features` (resnet1d, inception1d). With `channels`
+    (`[MLII, V1]`, data/leads.py) each beat is [channels, length] (`missing_lead` decides
+    for records without a named lead; the manifest's `used` names each record's leads).
     """
 
     splits = SPLITS
@@ -109,6 +112,7 @@ class PhysionetDataModule(BeatsDataModuleBase):
         rr_features: bool = False,
         folds: int | None = None,
         fold: int | None = None,
+        channels: Channels | None = None,
     ) -> None:
         super().__init__(class_names, batch_size, eval_batch_size, num_workers, seed, balance,
                          balance_to, augment)
@@ -158,7 +162,16 @@ class PhysionetDataModule(BeatsDataModuleBase):
                 r for r in picked if r not in drop]
             self._excluded[db.name] = drop
         self.leads = list(leads) if leads else None
+        if missing_lead not in MISSING_LEAD:
+            raise ConfigError(f"data.missing_lead={missing_lead!r}: expected one of "
+                              f"{', '.join(MISSING_LEAD)}")
         self.missing_lead = missing_lead
+        self.channels = channel_entries(channels) if channels else None
+        self.lead_names = channel_names(self.channels)
+        if self.channels and getattr(recipe, "rpeaks", "annotations") != "annotations":
+            raise ConfigError("data.channels: beats of several leads are cut at the annotated "
+                              f"R-peaks; data.recipe.rpeaks={recipe.rpeaks} would cut each "
+                              "lead elsewhere")
         self.download = download
         self.val_fraction = float(val_fraction)
         self.test_fraction = float(test_fraction)
@@ -193,6 +206,7 @@ class PhysionetDataModule(BeatsDataModuleBase):
             self.prepared_paths[db.name] = prepare_database(
                 self.dirs[db.name], self.prepared_root, self.recipe, db,
                 self.records[db.name], self.leads, self.missing_lead, self.download,
+                channels=self.channels,
             )
             log.info("%s: %s", db.name, describe_sources(self.manifest(db.name)["used"],
                                                          self.recipe))
@@ -248,13 +262,14 @@ class PhysionetDataModule(BeatsDataModuleBase):
         frame = split_table(parts, record=table.records, sample=table.beats.samples, label=labels)
         # the identity of each beat (evaluation/seen.py): its record and R-peak sample
         frame["sample_id"] = beat_ids(frame["record"], frame["sample"])
-        if self.recipe.name == "kachuee":  # also the row of the CSVs it is exported to
+        if self.recipe.name == "kachuee" and not self.channels:  # also the row of the CSVs
+            # it is exported to (one lead per row: several-lead beats get no CSV)
             also = np.asarray(distinct_row_ids(table.beats.signals), dtype=object)
             frame[ALSO] = also[frame["index"].to_numpy()]
         self._save_split(frame, table, parts)
         signals = table.beats.signals
         if self.rr_features:  # appended after the samples; the model splits them off
-            signals = np.concatenate([signals, table.beats.features], axis=1)
+            signals = with_features(signals, table.beats.features)
         arrays = {name: (signals[i], labels[i]) for name, i in parts.items()}
         return arrays, frame
 
@@ -274,7 +289,7 @@ class PhysionetDataModule(BeatsDataModuleBase):
         with atomic_path(folder) as tmp:
             tmp.mkdir()
             (tmp / "split.csv").write_text(text)
-            if self.recipe.name == "kachuee":
+            if self.recipe.name == "kachuee" and not self.channels:  # the format has one lead
                 kaggle = {
                     "mitbih_train.csv": np.sort(np.concatenate([parts["train"], parts["val"]])),
                     "mitbih_test.csv": parts["test"],

@@ -288,6 +288,10 @@ class RenderedBeats:
 
     def _check(self) -> None:
         palette(self.renderer.cmap)  # a bad colour map fails before any work
+        if getattr(self.beats, "channels", None):  # chosen: one lead per image
+            raise ConfigError(f"data.source.beats.channels={self.beats.channels}: the image "
+                              "renderers draw one lead per beat; set it to null (data.leads "
+                              "picks the lead), or train a 1D model on several leads")
         if int(self.image_size) < 8:
             raise ConfigError(f"data.image_size={self.image_size}: expected at least 8 pixels")
         if self.max_per_class is not None and int(self.max_per_class) < 1:

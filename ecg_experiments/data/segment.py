@@ -9,7 +9,7 @@ its options make a beat depend on more of its record than the beat itself
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 
 import numpy as np
@@ -25,6 +25,7 @@ from ecg_experiments.data.beat_features import (
 )
 from ecg_experiments.data.filters import check_bandpass, clean
 from ecg_experiments.data.physionet import Record, aami_label
+from ecg_experiments.errors import ConfigError
 
 
 def _yaml(value: object) -> str:
@@ -369,3 +370,29 @@ class CenteredRecipe:
             symbols=record.beat_symbols[keep],
             features=features,
         )
+
+
+def cut_beats(recipe: KachueeRecipe | CenteredRecipe, record: Record) -> Beats:
+    """The recipe's beats of a record: of its one lead (signals [n, length]), or of each of
+    its channels (a [samples, channels] signal: signals [n, channels, length]). Every lead is
+    cut at the same annotated R-peaks; the features are the first lead's (the R-R features
+    are the same for every lead; template features describe the first lead)."""
+    if record.signal.ndim == 1:
+        return recipe.extract(record)
+    if getattr(recipe, "rpeaks", "annotations") != "annotations":
+        raise ConfigError(f"data.recipe.rpeaks={recipe.rpeaks}: beats of several leads are cut "
+                          "at the annotated R-peaks (a detector would cut each lead elsewhere)")
+    leads = record.lead.split("+")
+    parts = [recipe.extract(replace(record, signal=record.signal[:, k], lead=leads[k]))
+             for k in range(record.signal.shape[1])]
+    first = parts[0]
+    return replace(first, signals=np.stack([p.signals for p in parts], axis=1))
+
+
+def with_features(signals: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Beats with their per-beat features appended after the samples of every channel:
+    [n, length] -> [n, length + k]; [n, channels, length] -> [n, channels, length + k]."""
+    if signals.ndim == 2:
+        return np.concatenate([signals, features], axis=1)
+    copies = np.repeat(features[:, None, :], signals.shape[1], axis=1)
+    return np.concatenate([signals, copies.astype(signals.dtype)], axis=2)

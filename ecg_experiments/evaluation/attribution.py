@@ -112,32 +112,53 @@ def attribute(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, spec: Inpu
 def plot_beat(beat: np.ndarray, attribution: np.ndarray, spec: InputSpec, title: str,
               path: Path) -> Path:
     """The beat with its attribution shaded along it (red: for the class, blue: against),
-    and a bar per appended feature when the model takes any."""
-    length = int(spec.signal_length or len(beat))
+    one panel per lead for a beat of several ([channels, length + features]), and a bar per
+    appended feature (the first channel's: every channel carries the same) when the model
+    takes any."""
+    beat, attribution = np.atleast_2d(beat), np.atleast_2d(attribution)
+    length = int(spec.signal_length or beat.shape[-1])
     rate = float(spec.rate or 125.0)
-    signal, weights = beat[:length], attribution[:length]
+    leads = list(spec.leads) or [""]
     features = list(spec.features)
-    fig, axes = plt.subplots(1, 2 if features else 1, figsize=(10 if features else 8, 3.2),
+    rows = len(leads)
+    fig, axes = plt.subplots(rows, 2 if features else 1,
+                             figsize=(10 if features else 8, 3.2 * rows),
                              gridspec_kw={"width_ratios": [4, 1]} if features else None,
                              squeeze=False)
-    ax = axes[0, 0]
     t = np.arange(length) / rate
-    bound = float(np.abs(weights).max()) or 1.0
-    low, high = float(signal.min()), float(signal.max())
-    pad = 0.05 * (high - low or 1.0)
-    ax.imshow(weights[None, :], aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
-              extent=(t[0], t[-1], low - pad, high + pad), alpha=0.75, interpolation="nearest")
-    ax.plot(t, signal, color="black", linewidth=1.2)
-    ax.set_xlabel("time from window start (s)")
-    ax.set_ylabel("amplitude")
-    ax.set_title(title, fontsize=9)
+    bound = float(np.abs(attribution[:, :length]).max()) or 1.0  # one scale for every lead
+    for k, lead in enumerate(leads):
+        ax, signal, weights = axes[k, 0], beat[k, :length], attribution[k, :length]
+        low, high = float(signal.min()), float(signal.max())
+        pad = 0.05 * (high - low or 1.0)
+        ax.imshow(weights[None, :], aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
+                  extent=(t[0], t[-1], low - pad, high + pad), alpha=0.75,
+                  interpolation="nearest")
+        ax.plot(t, signal, color="black", linewidth=1.2)
+        ax.set_ylabel(f"{lead} amplitude" if lead else "amplitude")
+        if k < rows - 1 and features:
+            axes[k, 1].axis("off")
+    axes[-1, 0].set_xlabel("time from window start (s)")
+    axes[0, 0].set_title(title, fontsize=9)
     if features:
-        values = attribution[length:length + len(features)]
-        axes[0, 1].barh(features, values, color=["tab:red" if v > 0 else "tab:blue"
-                                                 for v in values])
-        axes[0, 1].axvline(0, color="black", linewidth=0.8)
-        axes[0, 1].set_title("features", fontsize=9)
+        values = attribution[0, length:length + len(features)]
+        axes[-1, 1].barh(features, values, color=["tab:red" if v > 0 else "tab:blue"
+                                                  for v in values])
+        axes[-1, 1].axvline(0, color="black", linewidth=0.8)
+        axes[-1, 1].set_title("features", fontsize=9)
     return save_figure(fig, path)
+
+
+def lead_shares(attribution: np.ndarray, spec: InputSpec) -> dict[str, float]:
+    """{`attribution_share_<lead>`: that lead's share of the beat's absolute attribution}
+    for a beat of several leads (the samples only); {} for one lead."""
+    if len(spec.leads) < 2:
+        return {}
+    length = int(spec.signal_length or attribution.shape[-1])
+    per_lead = np.abs(attribution[:, :length]).sum(axis=1)
+    total = float(per_lead.sum()) or 1.0
+    return {f"attribution_share_{lead}": float(v) / total
+            for lead, v in zip(spec.leads, per_lead, strict=True)}
 
 
 def _display_image(x: torch.Tensor, spec: InputSpec) -> np.ndarray:
@@ -234,9 +255,12 @@ def mean_attribution_report(net: nn.Module, signals: torch.Tensor, labels: torch
     weights = integrated_gradients(net, signals[index], predicted[index],
                                    int(settings.get("attribution_steps") or 32))
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"mean_attribution": plot_mean_attribution(
-        signals[index][:, 0].numpy(), weights[:, 0], labels[index].numpy(),
-        predicted[index].numpy(), spec, out_dir / "mean_attribution.png")}
+    files = {}
+    for k, lead in enumerate(spec.leads or [""]):  # a figure per lead: the first unsuffixed
+        name = f"mean_attribution_{lead}" if k else "mean_attribution"
+        files[name] = plot_mean_attribution(
+            signals[index][:, k].numpy(), weights[:, k], labels[index].numpy(),
+            predicted[index].numpy(), spec, out_dir / f"{name}.png")
     log.info("mean attribution per class over %d test beats: %s", len(index),
              files["mean_attribution"])
     if logger is not None:

@@ -43,7 +43,7 @@ def explore_data(
     else:
         signals = datamodule.signals("train")
         files["example_beats"] = plot_example_beats(
-            signals.numpy(), labels, names, out_dir / "example_beats.png",
+            signals[:, 0].numpy(), labels, names, out_dir / "example_beats.png",  # lead 1
             per_class=examples_per_class, seed=seed,
         )
     log.info("split sizes per class:\n%s", sizes.to_string())

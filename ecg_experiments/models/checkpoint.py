@@ -228,10 +228,25 @@ def _without_other_features(fits: dict, net: nn.Module, checkpoint: object,
     return {k: v for k, v in fits.items() if k not in dropped}
 
 
+def _check_leads(checkpoint: object, leads: tuple[str, ...] | None, source: str) -> None:
+    """Channels meet by lead name: a source of as many channels as this run reading other
+    leads, or the same in another order, is refused (its input weights would load by
+    position); another count re-initialises the input layer by shape."""
+    stored = checkpoint.get("ecg_input") if isinstance(checkpoint, dict) else None
+    if leads is None or not isinstance(stored, dict):
+        return
+    theirs = tuple(stored.get("leads") or ())
+    if theirs != tuple(leads) and max(1, len(theirs)) == max(1, len(leads)) > 1:
+        raise ConfigError(f"model.init_from={source}: the source reads leads "
+                          f"[{', '.join(theirs)}], this run [{', '.join(leads)}]; channels "
+                          "meet by lead name: set data.channels in the source's order")
+
+
 def init_from(net: nn.Module, source: str, tracking_uri: str,
               class_names: list[str] | None = None,
               class_map: dict[str, str] | None = None,
-              feature_names: tuple[str, ...] | None = None) -> InitReport:
+              feature_names: tuple[str, ...] | None = None,
+              leads: tuple[str, ...] | None = None) -> InitReport:
     """Fine-tuning start: copy into `net` every tensor of a previous model whose name and shape
     match, except the output layer(s) (models/heads.py), whose rows are classes: there each
     class gets the row of the source class with the same name (`class_map` for deliberate
@@ -259,6 +274,7 @@ def init_from(net: nn.Module, source: str, tracking_uri: str,
                           f"{len(checkpoint[ENSEMBLE_KEY])} models, not one network to "
                           "fine-tune; start from one of its members (ensemble.members in its "
                           "config names them)")
+    _check_leads(checkpoint, leads, source)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise DataError(f"{path}: expected a checkpoint with a state_dict")

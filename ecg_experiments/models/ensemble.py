@@ -64,7 +64,7 @@ class EnsembleNet(nn.Module):
 # cut and cleaned (a template-relative beat has the length of a plain one), from which lead,
 # and how beats are drawn as images. A member without one (ready-cut beats of a CSV, a plain
 # image folder) differs from a member with it: nothing says its inputs were made alike.
-INPUT_MAKING = ("recipe", "leads", "lead", "missing_lead", "source.renderer",
+INPUT_MAKING = ("recipe", "leads", "lead", "channels", "missing_lead", "source.renderer",
                 "source.beats.recipe", "source.beats.leads", "source.beats.missing_lead")
 
 

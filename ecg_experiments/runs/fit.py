@@ -147,7 +147,8 @@ def build_network(cfg: DictConfig, datamodule: ClassDataModule, scoring: Scoring
     if cfg.model.get("init_from"):  # fine-tune a previous model (before freezing)
         init = init_from(net, str(cfg.model.init_from), cfg.paths.tracking_uri,
                          datamodule.class_names, cfg.model.get("init_class_map"),
-                         tuple(getattr(datamodule, "feature_names", ()) or ()))
+                         tuple(getattr(datamodule, "feature_names", ()) or ()),
+                         tuple(getattr(datamodule, "lead_names", ()) or ()))
     if init is not None and scoring.seen is not None:  # what the source model saw, it saw
         stored = torch.load(init.source, map_location="cpu", weights_only=True)
         scoring.seen = scoring.seen.merged(SeenSamples.from_checkpoint(

@@ -130,6 +130,13 @@ def _cut_beats_as_trained(data: DictConfig, model: TrainedModel) -> None:
                      trained.recipe.get("rate"),
                      data.recipe.get("_target_", "").rsplit(".", 1)[-1])
             data.recipe = recipe
+    if "recipe" in data:  # the leads of each channel, as trained (none: one lead)
+        channels = trained.get("channels")
+        if OmegaConf.to_container(data, resolve=True).get("channels") != (
+                OmegaConf.to_container(channels, resolve=True) if channels else None):
+            log.info("data.channels: the model's (%s) replaces the given ones",
+                     list(channels) if channels else "one lead")
+            OmegaConf.update(data, "channels", channels, force_add=True)
     spec = model.input
     if "rr_features" in data and bool(data.rr_features) != bool(spec.features):
         log.info("data.rr_features=%s: the model takes %s", bool(spec.features),

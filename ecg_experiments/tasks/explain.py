@@ -17,7 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ecg_experiments.errors import ConfigError
-from ecg_experiments.evaluation.attribution import attribute, describe, plot_beat, plot_image
+from ecg_experiments.evaluation.attribution import (
+    attribute,
+    describe,
+    lead_shares,
+    plot_beat,
+    plot_image,
+)
 from ecg_experiments.io import atomic_path
 from ecg_experiments.models.checkpoint import resolve_trained_model
 from ecg_experiments.tasks.predict import load_inputs, predict_probabilities
@@ -87,10 +93,12 @@ def explain(cfg: DictConfig) -> pd.DataFrame:
             if model.input.kind == "image":
                 plot_image(x[n], weights[n], model.input, title, figure)
             else:
-                plot_beat(x[n, 0].numpy(), weights[n, 0], model.input, title, figure)
+                plot_beat(x[n].numpy(), weights[n], model.input, title, figure)
             rows.append({**info.to_dict(), "position": int(i), "predicted": names[predicted[i]],
                          "probability": float(probs[i, predicted[i]]),
                          "attribution_target": names[target],
+                         **(lead_shares(weights[n], model.input)
+                            if model.input.kind == "signal" else {}),
                          "figure": str(output / figure.name)})
         table = pd.DataFrame(rows)
         table.to_csv(tmp / "explanations.csv", index=False)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -45,7 +45,7 @@ from ecg_experiments.data.physionet import (
     read_record,
 )
 from ecg_experiments.data.render import is_rendered_folder
-from ecg_experiments.data.segment import KachueeRecipe
+from ecg_experiments.data.segment import KachueeRecipe, cut_beats, with_features
 from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.evaluation.plots import plot_rhythm_strip
 from ecg_experiments.evaluation.seen import check_unseen
@@ -96,21 +96,24 @@ def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataF
     if isinstance(recipe, KachueeRecipe):
         recipe = dataclasses.replace(recipe, drop_last_beat=False)  # a row for every beat
     leads = record_leads(base.name, data)
+    channels = model.config.data.get("channels")  # as cut in training: one lead per channel
+    channels = OmegaConf.to_container(channels, resolve=True) if channels else None
     record = read_record(base.parent, base.name, lead=leads,
                          missing_lead=data.get("missing_lead", "first"),
-                         require_annotations=False)
+                         require_annotations=False, channels=channels)
     if record is None:
-        raise DataError(f"{base}: the record has no {'/'.join(leads)} lead")
+        raise DataError(f"{base}: the record has no {'/'.join(leads)} lead"
+                        + (f" for data.channels={channels}" if channels else ""))
     log.info("record %s: lead %s at %g Hz, beats cut at %g Hz (%s recipe)", base.name,
              record.lead, record.fs, recipe.rate, recipe.name)
     if recipe.length != model.input.signal_length:
         raise DataError(f"{base}: the stored {recipe.name} recipe makes {recipe.length}-sample "
                         f"beats but the model takes {model.input.describe()}")
-    beats = recipe.extract(record)
+    beats = cut_beats(recipe, record)
     info = pd.DataFrame({"record": record.name, "sample": beats.samples,
                          "symbol": beats.symbols})
     info[ID] = beat_ids([record_id_of(base)] * len(beats.samples), beats.samples)
-    if isinstance(recipe, KachueeRecipe):  # the same beat as a row of an exported CSV
+    if isinstance(recipe, KachueeRecipe) and not channels:  # the beat as an exported CSV row
         info[ALSO] = distinct_row_ids(beats.signals)
     # the reference label by its AAMI class name (never by its index in the model's classes)
     info["true"] = [AAMI_CLASSES[k] if k >= 0 else "" for k in beats.labels]
@@ -121,7 +124,7 @@ def _record_beats(base: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataF
             raise DataError(f"{base}: the recipe gives the per-beat features "
                             f"[{', '.join(names)}] but the model takes "
                             f"{model.input.describe()}")
-        return np.concatenate([beats.signals, beats.features], axis=1), info
+        return with_features(beats.signals, beats.features), info
     return beats.signals, info
 
 
@@ -175,12 +178,17 @@ def load_inputs(path: str | Path, model: TrainedModel) -> tuple[Dataset, pd.Data
     if model.input.kind == "image":
         return _image_inputs(path, model)
     signals, info = _signal_inputs(path, model)
-    x = torch.from_numpy(np.ascontiguousarray(signals, dtype=np.float32)).unsqueeze(1)
+    x = torch.from_numpy(np.ascontiguousarray(signals, dtype=np.float32))
+    x = x.unsqueeze(1) if x.ndim == 2 else x  # one lead: [n, 1, length]
     return TensorDataset(x), info
 
 
 def _signal_inputs(path: Path, model: TrainedModel) -> tuple[np.ndarray, pd.DataFrame]:
     if path.suffix.lower() == ".csv":
+        if model.input.leads:
+            raise DataError(
+                f"input={path}: the model takes {model.input.describe()}; a beats CSV row "
+                "holds one lead: give a WFDB record")
         if model.input.features:
             raise DataError(
                 f"input={path}: the model takes {model.input.describe()}, which a beats CSV "
@@ -268,11 +276,13 @@ def rhythm_strip(frame: pd.DataFrame, strip: DictConfig) -> tuple[Path, int, int
     start, duration = _strip_range(record, strip)
     has_truth = bool((frame["true"] != "").any())
     output = Path(strip.output)
+    # a record read with several leads: the strip shows the first (the model's first channel)
+    signal = record.signal if record.signal.ndim == 1 else record.signal[:, 0]
     with atomic_path(output) as tmp:
         beats, wrong = plot_rhythm_strip(
-            record.signal, record.fs, frame["sample"].to_numpy(), frame["predicted"].tolist(),
+            signal, record.fs, frame["sample"].to_numpy(), frame["predicted"].tolist(),
             frame["true"].tolist() if has_truth else None, start, duration,
-            f"record {record.name}, lead {record.lead}", tmp)
+            f"record {record.name}, lead {record.lead.split('+')[0]}", tmp)
     return output, beats, wrong if has_truth else None
 
 
