@@ -120,6 +120,20 @@ def data_input_kind(target: str) -> str | None:
     return getattr(get_class(target), "input_kind", None)
 
 
+def check_adversary(cfg: DictConfig, model_kind: str | None) -> None:
+    """`adversary=records` needs beats cut from records (each beat's record is its class)
+    and a 1D model whose feature layers train."""
+    if model_kind != "signal" or "recipe" not in cfg.data:
+        raise ConfigError(
+            f"adversary=records tells training records apart from the network's features: it "
+            f"needs beats cut from records (data=mitbih | physionet) and a 1D model, not "
+            f"{group_choice('data')} with {group_choice('model')}")
+    if not str((cfg.get("freeze") or {}).get("_target_", "")).endswith("NoFreezing"):
+        raise ConfigError(f"adversary=records trains the feature layers against the record "
+                          f"classifier; {group_choice('freeze')} keeps them fixed (use "
+                          "freeze=none)")
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Fail before any work starts when groups disagree or options are out of range (fast:
     the train command runs it before the heavy libraries load)."""
@@ -139,6 +153,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.channels_last=true: {group_choice('model')} takes {model_kind} input "
             "([batch, channels, samples]); channels-last is a layout of 2D image models only")
+    if cfg.get("adversary"):
+        check_adversary(cfg, model_kind)
     t_max = (cfg.get("scheduler") or {}).get("T_max")
     if t_max is not None and int(t_max) <= 0:
         raise ConfigError(

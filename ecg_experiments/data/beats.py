@@ -24,7 +24,7 @@ from ecg_experiments.data.augment import SignalAugment, reference_power
 from ecg_experiments.data.base import ClassDataModule, keep_batch
 from ecg_experiments.data.identity import row_ids
 from ecg_experiments.data.splits import split_table, stratified_split
-from ecg_experiments.errors import DataError
+from ecg_experiments.errors import ConfigError, DataError
 from ecg_experiments.inputs import InputSpec, on_signal
 from ecg_experiments.io import atomic_path, readable_file, sha256_file, text_encoding
 
@@ -195,6 +195,10 @@ class BeatsDataModuleBase(ClassDataModule):
     rate: float
     feature_names: tuple[str, ...] = ()
     lead_names: tuple[str, ...] = ()  # one per channel of a several-lead beat
+    # set before setup by a fit with adversary=records: training batches then carry each
+    # beat's record index (into `training_records`) as a third tensor
+    records_in_batches: bool = False
+    training_records: list[str] | None = None
 
     def __init__(
         self,
@@ -224,10 +228,23 @@ class BeatsDataModuleBase(ClassDataModule):
             if x.ndim == 2:
                 x = x.unsqueeze(1)
             self.split_labels[name] = labels.astype(np.int64)
-            self.datasets[name] = BatchedTensors(x, torch.from_numpy(self.split_labels[name]))
+            tensors = [x, torch.from_numpy(self.split_labels[name])]
+            if name == "train" and self.records_in_batches:
+                tensors.append(self._training_record_codes())
+            self.datasets[name] = BatchedTensors(*tensors)
         self._balance_training()
         counts = {name: len(ds) for name, ds in self.datasets.items()}
         log.info("beats per split: %s", counts)
+
+    def _training_record_codes(self) -> torch.Tensor:
+        """Each training beat's record as an index into `training_records` (sorted ids)."""
+        frame = self.split_frame
+        if frame is None or "record" not in frame:
+            raise ConfigError("adversary=records needs the record of every beat; this data "
+                              "has none (use data=mitbih or data=physionet)")
+        codes, names = pd.factorize(frame.loc[frame["split"] == "train", "record"], sort=True)
+        self.training_records = [str(n) for n in names]
+        return torch.from_numpy(codes.astype(np.int64))
 
     def input_spec(self) -> InputSpec:
         return InputSpec("signal", tuple(self.class_names), signal_length=self.signal_length,
@@ -257,12 +274,12 @@ class BeatsDataModuleBase(ClassDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.augment is not None and self.trainer is not None and self.trainer.training:
-            x, y = batch
+            x, y, *records = batch  # records: adversary=records
             # a template-relative beat's noise SNR is set on the beat before the subtraction
             power = reference_power(getattr(self, "recipe", None))
             augment = self.augment if power is None else functools.partial(
                 self.augment, signal_power=power)
-            return on_signal(x, len(self.feature_names), augment), y
+            return (on_signal(x, len(self.feature_names), augment), y, *records)
         return batch
 
 

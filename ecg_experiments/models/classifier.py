@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,6 +15,7 @@ from torchmetrics import MeanMetric
 from ecg_experiments.evaluation.metrics import classification_metrics
 from ecg_experiments.evaluation.seen import SeenSamples
 from ecg_experiments.inputs import InputSpec
+from ecg_experiments.models.adversary import RecordAdversary
 from ecg_experiments.models.losses import FocalLoss
 from ecg_experiments.models.precision import channels_last_input, to_channels_last
 
@@ -52,6 +54,7 @@ class ClassifierModule(pl.LightningModule):
         input_spec: InputSpec | None = None,
         seen: SeenSamples | None = None,
         channels_last: bool = False,
+        adversary: RecordAdversary | None = None,
     ) -> None:
         super().__init__()
         self.seen = seen
@@ -90,6 +93,8 @@ class ClassifierModule(pl.LightningModule):
         self.feature_cache: Any = None
         self.test_targets: torch.Tensor | None = None
         self.test_probs: torch.Tensor | None = None
+        # adversary=records (models/adversary.py): training batches carry record indices
+        self.adversary = adversary
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(channels_last_input(x) if self.channels_last else x)
@@ -122,10 +127,19 @@ class ClassifierModule(pl.LightningModule):
                 params = list(module.parameters())
                 module.train(not params or any(p.requires_grad for p in params))
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        x, y = batch
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+        x, y, *records = batch
         cache = self.feature_cache
-        if stage != "test" and cache is not None and cache.active(self.current_epoch):
+        adversary_loss = None
+        if stage == "train" and self.adversary is not None:
+            features = self.net.forward_features(x)
+            output = self.net.forward_head(features)
+            adversary_loss, adversary_acc = self.adversary(features, records[0],
+                                                           self._progress())
+            self.log_dict({"train/adversary_loss": adversary_loss.detach(),
+                           "train/adversary_acc": adversary_acc}, on_step=False,
+                          on_epoch=True, batch_size=y.shape[0])
+        elif stage != "test" and cache is not None and cache.active(self.current_epoch):
             output = cache.split.suffix(cache.head_input(x))  # the head on cached outputs
         else:
             output = self(x)
@@ -138,10 +152,16 @@ class ClassifierModule(pl.LightningModule):
             loss = self.criterion(logits, y)
         probs = logits.detach().softmax(dim=-1)
         getattr(self, f"{stage}_metrics").update(probs, y)
-        getattr(self, f"{stage}_loss").update(loss.detach(), weight=y.shape[0])
-        if stage == "test":
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=y.shape[0])  # the class
+        if stage == "test":  # loss alone: train/loss means the same with an adversary
             self._test_outputs.append((y.detach().cpu(), probs.cpu()))
-        return loss
+        return loss if adversary_loss is None else loss + adversary_loss
+
+    def _progress(self) -> float:
+        """The share of training steps done (the adversary's schedule); 1 where the number
+        of steps is not known in advance (a run bounded by time alone)."""
+        total = float(self.trainer.estimated_stepping_batches)
+        return self.global_step / total if math.isfinite(total) and total > 0 else 1.0
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -27,6 +27,7 @@ from ecg_experiments.interruption import (
     RandomState,
     TrainingInterrupted,
 )
+from ecg_experiments.models.adversary import RecordAdversary, feature_width
 from ecg_experiments.models.checkpoint import InitReport, init_from
 from ecg_experiments.models.classifier import ClassifierModule
 from ecg_experiments.models.feature_cache import plan_feature_cache
@@ -117,6 +118,8 @@ def fit_data(cfg: DictConfig) -> ClassDataModule:
     the data (e.g. image folder names) are written into the config."""
     datamodule: ClassDataModule = build(cfg.data)
     datamodule.training_seed = int(cfg.seed)  # the order of training samples; data.seed splits
+    if cfg.get("adversary"):  # training batches carry each beat's record
+        datamodule.records_in_batches = True
     datamodule.prepare_data()
     datamodule.setup("fit")
     if cfg.data.get("class_names") is None:
@@ -202,7 +205,22 @@ def build_module(cfg: DictConfig, net: torch.nn.Module, datamodule: ClassDataMod
         input_spec=datamodule.input_spec(),
         seen=scoring.seen,
         channels_last=bool(cfg.model.get("channels_last")),
+        adversary=build_adversary(cfg, net, datamodule),
     )
+
+
+def build_adversary(cfg: DictConfig, net: torch.nn.Module, datamodule: ClassDataModule
+                    ) -> RecordAdversary | None:
+    """`adversary=records`: a record classifier over this fit's training records."""
+    if not cfg.get("adversary"):
+        return None
+    records = list(datamodule.training_records or [])
+    adversary = instantiate(cfg.adversary)(
+        width=feature_width(net, datamodule.input_spec().shape), records=len(records))
+    log.info("adversary=records: a record classifier over the %d training records, its "
+             "gradient reversed into the features (weight %g, %s schedule)", len(records),
+             adversary.weight, adversary.schedule)
+    return adversary
 
 
 def start_run_files(cfg: DictConfig, datamodule: ClassDataModule, run_dir: Path,
