@@ -121,3 +121,28 @@ def test_images_and_csv_rows_refuse_several_leads(compose_train, tmp_path: Path)
     with pytest.raises(ConfigError, match="the image renderers draw one lead per beat"):
         instantiate(cfg.data).source.rows()
     assert not any(tmp_path.iterdir())  # refused before any beat was prepared
+
+
+@pytest.mark.parametrize("model", ["cnn1d", "resnet1d", "inception1d"])
+def test_every_1d_model_takes_one_input_channel_per_lead(compose_train, model) -> None:
+    from ecg_experiments.config import build
+
+    extra = [] if model == "cnn1d" else ["data/recipe=centered", "data.rr_features=true"]
+    cfg = compose_train([f"model={model}", "data.channels=[MLII,V1]", *extra])
+    net = build(cfg.model.net)
+    length = int(cfg.data.signal_length) + int(cfg.model.net.get("num_features") or 0)
+    assert cfg.model.net.in_channels == 2
+    assert net.eval()(torch.zeros(3, 2, length)).shape == (3, 5)
+    assert compose_train([f"model={model}", *extra]).model.net.in_channels == 1
+
+
+def test_one_lead_and_channels_are_not_given_together(tmp_path: Path) -> None:
+    from ecg_experiments.data.physionet_datamodule import PhysionetDataModule
+
+    with pytest.raises(ConfigError, match=r"data.leads=\['MLII'\] and data.channels"):
+        PhysionetDataModule(str(tmp_path), CenteredRecipe(), dir=str(tmp_path),
+                            leads=["MLII"], channels=["MLII", "V1"])
+    with pytest.raises(ConfigError, match="data.channels: beats of several leads are cut at "
+                                          "the annotated R-peaks"):
+        PhysionetDataModule(str(tmp_path), KachueeRecipe(rpeaks="detector"), dir=str(tmp_path),
+                            channels=["MLII", "V1"])

@@ -166,6 +166,10 @@ class PhysionetDataModule(BeatsDataModuleBase):
             raise ConfigError(f"data.missing_lead={missing_lead!r}: expected one of "
                               f"{', '.join(MISSING_LEAD)}")
         self.missing_lead = missing_lead
+        if channels and leads:
+            raise ConfigError(f"data.leads={list(leads)} and data.channels={list(channels)}: "
+                              "give one (data.leads picks one lead; data.channels one per "
+                              "channel, each a name or a list of alternatives)")
         self.channels = channel_entries(channels) if channels else None
         self.lead_names = channel_names(self.channels)
         if self.channels and getattr(recipe, "rpeaks", "annotations") != "annotations":
